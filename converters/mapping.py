@@ -1,0 +1,292 @@
+"""PyTorch state-dict keys <-> Flax parameter paths: generic rules plus one table per family.
+
+Generic rules (both directions):
+
+* module paths: ``encoder.layer.3.attention`` <-> ``encoder/layer_3/attention``
+* ``weight`` of a Linear <-> ``kernel`` transposed; of a Conv <-> ``kernel`` with the
+  spatial axes first (``[out, in, k]`` <-> ``[k, in, out]``); of a LayerNorm <-> ``scale``;
+  of an Embedding <-> ``embedding``. Which one applies is read off the target tree.
+* weight norm: ``weight_g``/``weight_v`` and ``parametrizations.weight.original0/1``
+  both import as ``weight_g``/``weight_v`` (export writes the parametrizations spelling).
+
+A :class:`KeyTable` adds what the rules cannot know: renamed modules, tied weights
+(aliases), buffers that may be dropped and head parameters that may be freshly
+initialised. The same table runs forwards (import) and backwards (export).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+
+from converters.errors import KeyMappingError
+
+_WEIGHT_LEAVES = ("kernel", "scale", "embedding", "weight")
+_WEIGHT_NORM = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+# torch weight [out, in, *spatial] -> flax kernel [*spatial, in, out]
+_TO_FLAX_AXES = {2: (1, 0), 3: (2, 1, 0), 4: (2, 3, 1, 0), 5: (2, 3, 4, 1, 0)}
+
+
+def _inverse(axes: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argsort(axes))
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyTable:
+    """Per-family exceptions to the generic rules.
+
+    base_model_prefix: attribute of the bare model inside head models (``data2vec_text``);
+      bare checkpoints load into heads and head checkpoints into bare models.
+    renames: ``(torch_template, flax_template)`` module-path pairs with ``{name}``
+      placeholders, e.g. ``("encoder.pos_conv_embed.conv", "encoder/pos_conv")``.
+    aliases: ``(torch_key, torch_key_it_duplicates)``: tied weights, dropped on import
+      when the model has no separate parameter for them, restored on export on request.
+    ignore_unused: regexes of checkpoint keys that may be dropped (non-persistent buffers).
+    init_if_missing: regexes of Flax paths that may be absent from a checkpoint and are
+      then freshly initialised (task heads on top of a pretrained body).
+    """
+
+    base_model_prefix: str
+    renames: tuple[tuple[str, str], ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    ignore_unused: tuple[str, ...] = ()
+    init_if_missing: tuple[str, ...] = ()
+
+    def _compiled_renames(self, forward: bool):
+        out = []
+        for torch_t, flax_t in self.renames:
+            src, dst, sep = (torch_t, flax_t, r"\.") if forward else (flax_t, torch_t, "/")
+            pattern = re.escape(src).replace(r"\{", "{").replace(r"\}", "}")
+            pattern = re.sub(r"{(\w+)}", lambda m: f"(?P<{m.group(1)}>[^./]+)", pattern)
+            out.append((re.compile(f"^{pattern}(?={sep}|$)"), dst))
+        return out
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What a conversion did with every key."""
+
+    unused: list[str] = dataclasses.field(default_factory=list)  # checkpoint keys nobody wanted
+    missing: list[str] = dataclasses.field(default_factory=list)  # allowed-missing flax paths
+    aliased: list[str] = dataclasses.field(default_factory=list)  # tied duplicates dropped
+    ignored: list[str] = dataclasses.field(default_factory=list)  # declared buffers dropped
+    prefix: str | None = None  # "added" / "removed" when the base-model prefix was adjusted
+
+    def summary(self) -> str:
+        parts = []
+        if self.prefix:
+            parts.append(f"base-model prefix {self.prefix}")
+        if self.unused:
+            parts.append(f"{len(self.unused)} unused checkpoint keys: {', '.join(self.unused)}")
+        if self.missing:
+            parts.append(f"{len(self.missing)} parameters newly initialised: {', '.join(self.missing)}")
+        if self.aliased:
+            parts.append(f"{len(self.aliased)} tied duplicates dropped")
+        if self.ignored:
+            parts.append(f"{len(self.ignored)} buffers dropped")
+        return "; ".join(parts) if parts else "all keys matched"
+
+
+# ----------------------------------------------------------------------------- paths
+def _module_to_flax(module: str, table: KeyTable) -> str:
+    for pattern, dst in table._compiled_renames(forward=True):
+        m = pattern.match(module)
+        if m:
+            return dst.format(**m.groupdict()) + _module_to_flax_generic(module[m.end():])
+    return _module_to_flax_generic(module)
+
+
+def _module_to_flax_generic(module: str) -> str:
+    out: list[str] = []
+    for seg in module.split("."):
+        if not seg:
+            continue
+        if seg.isdigit() and out:
+            out[-1] = f"{out[-1]}_{seg}"
+        else:
+            out.append(seg)
+    return "/".join(out)
+
+
+def _module_to_torch(module: str, table: KeyTable) -> str:
+    for pattern, dst in table._compiled_renames(forward=False):
+        m = pattern.match(module)
+        if m:
+            rest = _module_to_torch_generic(module[m.end():].lstrip("/"))
+            return dst.format(**m.groupdict()) + ("." + rest if rest else "")
+    return _module_to_torch_generic(module)
+
+
+def _module_to_torch_generic(module: str) -> str:
+    return ".".join(re.sub(r"^(.*\D)_(\d+)$", r"\1.\2", seg) for seg in module.split("/") if seg)
+
+
+def _split_torch_key(key: str) -> tuple[str, str]:
+    for spelled, leaf in _WEIGHT_NORM.items():
+        if key.endswith("." + spelled):
+            return key[: -len(spelled) - 1], leaf
+    module, _, leaf = key.rpartition(".")
+    return module, leaf
+
+
+def torch_to_flax_path(key: str, table: KeyTable, expected: Mapping[str, tuple]) -> str:
+    """The Flax path of a PyTorch key (``weight`` resolved against ``expected``)."""
+    module, leaf = _split_torch_key(key)
+    fmodule = _module_to_flax(module, table)
+    join = lambda leaf_name: f"{fmodule}/{leaf_name}" if fmodule else leaf_name
+    if leaf == "weight":
+        for candidate in _WEIGHT_LEAVES:
+            if join(candidate) in expected:
+                return join(candidate)
+        return join("kernel")
+    return join(leaf)
+
+
+def flax_to_torch_key(path: str, table: KeyTable) -> str:
+    module, _, leaf = path.rpartition("/")
+    tmodule = _module_to_torch(module, table)
+    tleaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
+    tleaf = {v: k for k, v in _WEIGHT_NORM.items()}.get(tleaf, tleaf)
+    return f"{tmodule}.{tleaf}" if tmodule else tleaf
+
+
+# ------------------------------------------------------------------------ tensors
+def _to_flax_value(path: str, value: np.ndarray) -> np.ndarray:
+    if path.endswith("/kernel") or path == "kernel":
+        if value.ndim not in _TO_FLAX_AXES:
+            raise KeyMappingError(f"cannot convert a {value.ndim}-d weight to a kernel at {path}")
+        value = np.ascontiguousarray(value.transpose(_TO_FLAX_AXES[value.ndim]))
+    return value
+
+
+def _to_torch_value(path: str, value: np.ndarray) -> np.ndarray:
+    if path.endswith("/kernel") or path == "kernel":
+        value = np.ascontiguousarray(value.transpose(_inverse(_TO_FLAX_AXES[value.ndim])))
+    return value
+
+
+def _cast(value: np.ndarray, dtype) -> np.ndarray:
+    if dtype is None or not np.issubdtype(value.dtype, np.floating) and value.dtype.name != "bfloat16":
+        return value
+    return value.astype(dtype, copy=False)
+
+
+# ------------------------------------------------------------------------- import
+def torch_to_flax(
+    keys: Iterable[str],
+    get: Callable[[str], np.ndarray],
+    table: KeyTable,
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    dtype=None,
+    source: str = "checkpoint",
+    on_tensor: Callable[[str], None] | None = None,
+) -> tuple[dict[str, np.ndarray], ConversionReport]:
+    """Convert a state dict into flat Flax params ``{"a/b/kernel": array}``.
+
+    keys, get: the checkpoint's tensor names and a loader for one tensor (streamed:
+      each tensor is read, transformed and cast before the next one is read).
+    expected: Flax path -> shape of every parameter of the target model.
+    dtype: cast floating tensors to this dtype (None keeps the checkpoint's).
+    Raises :class:`KeyMappingError` on a shape mismatch or a missing parameter that the
+    table does not allow to be missing.
+    """
+    keys = list(keys)
+    report = ConversionReport()
+    prefix = table.base_model_prefix
+    expects_prefix = any(p.startswith(prefix + "/") for p in expected)
+    has_prefix = any(k.startswith(prefix + ".") for k in keys)
+
+    def head_frame(key: str) -> str | None:
+        """The key as the target model names it (None: belongs to an absent head)."""
+        if expects_prefix and not has_prefix:
+            return f"{prefix}.{key}"
+        if not expects_prefix and has_prefix:
+            return key[len(prefix) + 1:] if key.startswith(prefix + ".") else None
+        return key
+
+    if expects_prefix != has_prefix and keys:
+        report.prefix = "added" if expects_prefix else "removed"
+
+    def frame_alias(key: str) -> str:
+        if expects_prefix or not key.startswith(prefix + "."):
+            return key
+        return key[len(prefix) + 1:]
+
+    aliases = {frame_alias(a): frame_alias(b) for a, b in table.aliases}
+    ignore = [re.compile(p) for p in table.ignore_unused]
+    params: dict[str, np.ndarray] = {}
+    sources: dict[str, str] = {}
+    alias_sources: dict[str, str] = {}
+    for key in keys:
+        framed = head_frame(key)
+        path = torch_to_flax_path(framed, table, expected) if framed is not None else None
+        if path is not None and path in expected:
+            if path in params:
+                raise KeyMappingError(f"{source}: keys {sources[path]!r} and {key!r} both map to {path}")
+            value = _load(get, key, path, expected, dtype, source)
+            params[path], sources[path] = value, key
+            if on_tensor:
+                on_tensor(key)
+        elif framed is not None and framed in aliases:
+            report.aliased.append(key)
+            alias_sources[aliases[framed]] = key
+        elif any(p.search(key) for p in ignore):
+            report.ignored.append(key)
+        else:
+            report.unused.append(key)
+
+    allowed = [re.compile(p) for p in table.init_if_missing]
+    for path in expected:
+        if path in params:
+            continue
+        target = flax_to_torch_key(path, table)
+        if target in alias_sources:  # only the tied duplicate is in the checkpoint
+            key = alias_sources[target]
+            params[path] = _load(get, key, path, expected, dtype, source)
+            report.aliased.remove(key)
+        elif any(p.search(path) for p in allowed):
+            report.missing.append(path)
+        else:
+            missing = [p for p in expected if p not in params and not any(a.search(p) for a in allowed)]
+            raise KeyMappingError(
+                f"{source}: {len(missing)} parameters missing from the checkpoint "
+                f"(wrong family or architecture?): {', '.join(flax_to_torch_key(p, table) for p in missing[:8])}"
+                + (" ..." if len(missing) > 8 else "")
+            )
+    return params, report
+
+
+def _load(get, key: str, path: str, expected, dtype, source: str) -> np.ndarray:
+    value = _to_flax_value(path, np.asarray(get(key)))
+    want = tuple(expected[path])
+    if tuple(value.shape) != want:
+        raise KeyMappingError(
+            f"{source}: {key!r} has shape {tuple(value.shape)} after conversion, but the model "
+            f"expects {want} at {path} (a config that does not match the weights?)"
+        )
+    return _cast(value, dtype)
+
+
+# ------------------------------------------------------------------------- export
+def flax_to_torch(
+    params: Mapping[str, np.ndarray], table: KeyTable, *, include_aliases: bool = False
+) -> dict[str, np.ndarray]:
+    """Flat Flax params -> PyTorch state dict (the inverse of :func:`torch_to_flax`).
+
+    Tied duplicates are left out (as ``save_pretrained`` does) unless ``include_aliases``.
+    """
+    state = {}
+    for path, value in params.items():
+        key = flax_to_torch_key(path, table)
+        if key in state:
+            raise KeyMappingError(f"two parameters map to the PyTorch key {key!r}")
+        state[key] = _to_torch_value(path, np.asarray(value))
+    if include_aliases:
+        for alias, target in table.aliases:
+            if target in state and alias not in state:
+                state[alias] = state[target]
+    return state

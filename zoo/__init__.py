@@ -1,0 +1,24 @@
+"""zoo: JAX/Flax ports of Data2Vec, BigBird, GroupViT, IDEFICS and SEW-D with exact
+parity to the Hugging Face PyTorch originals.
+
+    import zoo
+    model, params = zoo.from_pretrained("path/to/hf_checkpoint")
+    out = model.apply({"params": params}, input_ids=ids, attention_mask=mask)
+"""
+
+from zoo.config import UnsupportedConfigError, ZooConfig
+from zoo.pretrained import (
+    build_model,
+    export_pytorch,
+    from_pretrained,
+    init_params,
+    save_pretrained,
+)
+from zoo.registry import FAMILIES, UnsupportedModelError, list_architectures
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAMILIES", "UnsupportedConfigError", "UnsupportedModelError", "ZooConfig", "build_model",
+    "export_pytorch", "from_pretrained", "init_params", "list_architectures", "save_pretrained",
+]

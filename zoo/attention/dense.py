@@ -1,0 +1,99 @@
+"""Dense (full) scaled dot-product attention: the reference kernel of the zoo.
+
+Every kernel in ``zoo.attention`` has this signature::
+
+    out, probs = kernel(query, key, value, *, mask=None, bias=None, head_mask=None,
+                        scale=None, dropout_rate=0.0, dropout_rng=None,
+                        deterministic=True, return_probs=False)
+
+with ``query`` ``[B, Lq, H, D]``, ``key``/``value`` ``[B, Lk, H, D]``, ``out``
+``[B, Lq, H, D]`` and ``probs`` ``[B, H, Lq, Lk]`` (``None`` unless requested).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _use_cudnn(query: Array, return_probs: bool, dropout_active: bool, head_mask) -> bool:
+    """cuDNN flash attention applies on GPU in half precision when no probs are needed."""
+    return (
+        jax.default_backend() == "gpu"
+        and query.dtype in (jnp.bfloat16, jnp.float16)
+        and not return_probs
+        and not dropout_active
+        and head_mask is None
+        and query.shape[-1] <= 128
+        and query.shape[-1] % 8 == 0
+    )
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    mask: Array | None = None,
+    bias: Array | None = None,
+    head_mask: Array | None = None,
+    scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    deterministic: bool = True,
+    return_probs: bool = False,
+    implementation: str | None = None,
+) -> tuple[Array, Array | None]:
+    """softmax(q k^T * scale + bias, masked) v.
+
+    Args:
+      query: ``[B, Lq, H, D]``. key, value: ``[B, Lk, H, D]``.
+      mask: boolean, broadcastable to ``[B, H, Lq, Lk]``; True keeps a score. Masked
+        scores are set to the dtype's minimum (as HF's eager path), so a fully masked
+        row attends uniformly instead of producing NaN.
+      bias: additive float scores broadcastable to ``[B, H, Lq, Lk]``, added after scaling.
+      head_mask: multiplies the probabilities (after dropout), broadcastable to
+        ``[B, H, Lq, Lk]`` (e.g. ``[H, 1, 1]``), as HF's ``head_mask``.
+      scale: defaults to ``D ** -0.5``.
+      dropout_rate, dropout_rng, deterministic: dropout on the probabilities.
+      return_probs: also return the probabilities ``[B, H, Lq, Lk]``.
+      implementation: ``None`` (cuDNN when it applies, else XLA), ``"xla"`` or ``"cudnn"``.
+    """
+    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+        raise ValueError(
+            f"attention expects [batch, length, heads, head_dim] arrays, got query {query.shape}, "
+            f"key {key.shape}, value {value.shape}"
+        )
+    if key.shape != value.shape or query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
+        raise ValueError(f"attention shapes disagree: query {query.shape}, key {key.shape}, value {value.shape}")
+    head_dim = query.shape[-1]
+    scale = head_dim**-0.5 if scale is None else scale
+    dropout_active = dropout_rate > 0.0 and not deterministic
+
+    if implementation == "cudnn" or (
+        implementation is None and _use_cudnn(query, return_probs, dropout_active, head_mask)
+    ):
+        out = jax.nn.dot_product_attention(
+            query, key, value, bias=bias, mask=mask, scale=scale, implementation="cudnn"
+        )
+        return out, None
+
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) * jnp.asarray(scale, query.dtype)
+    # Softmax statistics in at least float32 for half-precision inputs.
+    scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
+    if bias is not None:
+        scores = scores + bias.astype(scores.dtype)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(query.dtype)
+    if dropout_active:
+        if dropout_rng is None:
+            raise ValueError("attention dropout in training mode needs a dropout_rng")
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), jnp.zeros_like(probs))
+    if head_mask is not None:
+        probs = probs * head_mask.astype(probs.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+    return out, (probs if return_probs else None)

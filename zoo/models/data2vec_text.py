@@ -1,0 +1,440 @@
+"""Data2VecText: the RoBERTa-style text model of data2vec, with every HF head.
+
+Parameter paths mirror ``transformers``' ``Data2VecText*`` modules; ``KEY_TABLE`` is the
+one table used to import PyTorch checkpoints and to export back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from converters.mapping import KeyTable
+from zoo import outputs as out
+from zoo.attention.dense import dot_product_attention
+from zoo.config import ZooConfig
+from zoo.nn import losses, masks
+from zoo.nn.bert import BertEncoder, BertPooler, expand_head_mask
+from zoo.nn.kv_cache import KVCache
+from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Data2VecTextConfig(ZooConfig):
+    """HF ``Data2VecTextConfig`` (plus v4's ``position_embedding_type``)."""
+
+    model_type = "data2vec-text"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 0
+    eos_token_id: int | tuple[int, ...] | None = 2
+    position_embedding_type: str = "absolute"
+    use_cache: bool = True
+    classifier_dropout: float | None = None
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    tie_word_embeddings: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        self._require_choice("position_embedding_type", {"absolute", "relative_key", "relative_key_query"})
+        self._require_choice("hidden_act", set(ACT2FN))
+        if self.hidden_size % self.num_attention_heads:
+            self._unsupported("hidden_size", self.hidden_size,
+                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        if self.add_cross_attention and not self.is_decoder:
+            self._unsupported("add_cross_attention", True, "cross-attention needs is_decoder=True (as in HF)")
+        if self.pad_token_id is None:
+            self._unsupported("pad_token_id", None, "position ids are derived from the padding token")
+
+
+KEY_TABLE = KeyTable(
+    base_model_prefix="data2vec_text",
+    aliases=(
+        ("lm_head.decoder.weight", "data2vec_text.embeddings.word_embeddings.weight"),
+        ("lm_head.decoder.bias", "lm_head.bias"),
+    ),
+    ignore_unused=(r"embeddings\.position_ids$", r"embeddings\.token_type_ids$"),
+    init_if_missing=(r"^(data2vec_text/)?pooler/", r"^classifier/", r"^qa_outputs/", r"^lm_head/"),
+)
+
+
+def init_cache(config: Data2VecTextConfig, batch_size: int, max_length: int, dtype=jnp.float32) -> KVCache:
+    return KVCache.create(config.num_hidden_layers, batch_size, max_length, config.num_attention_heads,
+                          config.hidden_size // config.num_attention_heads, dtype)
+
+
+def _as_int(x, name: str, ndim: int | tuple[int, ...]) -> Array | None:
+    if x is None:
+        return None
+    x = jnp.asarray(x)
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    if x.ndim not in ndims or not jnp.issubdtype(x.dtype, jnp.integer):
+        raise ValueError(f"{name} must be an integer array of rank {ndim}, got shape {x.shape} dtype {x.dtype}")
+    return x
+
+
+def position_ids_from_input_ids(input_ids: Array, padding_idx: int, past_length=0) -> Array:
+    """fairseq positions: non-pad tokens count from ``padding_idx + 1``; pads stay ``padding_idx``."""
+    keep = (input_ids != padding_idx).astype(jnp.int32)
+    return (jnp.cumsum(keep, axis=1) + past_length) * keep + padding_idx
+
+
+class Data2VecTextEmbeddings(nn.Module):
+    config: Data2VecTextConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, inputs_embeds, past_length,
+                 deterministic: bool = True) -> Array:
+        cfg = self.config
+        kw = dict(std=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
+        word = Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), name="word_embeddings", **kw)
+        position = Embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"),
+                         name="position_embeddings", **kw)
+        token_type = Embed(cfg.type_vocab_size, cfg.hidden_size, (None, "embed"),
+                           name="token_type_embeddings", **kw)
+        if inputs_embeds is None:
+            inputs_embeds = word(input_ids)
+        else:
+            word(jnp.zeros((1, 1), jnp.int32))  # keep the table in the parameter tree
+        batch, length = inputs_embeds.shape[:2]
+        if position_ids is None:
+            if input_ids is not None:
+                position_ids = position_ids_from_input_ids(input_ids, cfg.pad_token_id, past_length)
+            else:
+                position_ids = jnp.arange(length)[None] + cfg.pad_token_id + 1
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros((batch, length), jnp.int32)
+        x = inputs_embeds.astype(self.dtype) + token_type(token_type_ids)
+        pos = position(position_ids)
+        if cfg.position_embedding_type == "absolute":
+            x = x + pos
+        x = LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="LayerNorm")(x)
+        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class Data2VecTextModel(nn.Module):
+    """The bare encoder (decoder when ``is_decoder``): ``[B, L]`` ids -> ``[B, L, hidden]``.
+
+    Decoding: ``past_key_values=model.init_cache(batch, max_length)`` gives a fixed-size
+    cache (one compilation for every step); ``attention_mask`` then spans ``max_length``.
+    """
+
+    config: Data2VecTextConfig
+    add_pooling_layer: bool = True
+    attention_fn: Callable = dot_product_attention
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+        """Empty fixed-size cache for ``max_length`` positions (see the module docstring)."""
+        return init_cache(self.config, batch_size, max_length, dtype or self.dtype)
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        deterministic: bool = True,
+    ) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
+        cfg = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        input_ids = _as_int(input_ids, "input_ids", 2)
+        token_type_ids = _as_int(token_type_ids, "token_type_ids", 2)
+        position_ids = _as_int(position_ids, "position_ids", 2)
+        if inputs_embeds is not None:
+            inputs_embeds = jnp.asarray(inputs_embeds)
+            if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != cfg.hidden_size:
+                raise ValueError(f"inputs_embeds must be [batch, length, {cfg.hidden_size}], "
+                                 f"got shape {inputs_embeds.shape}")
+        batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+
+        use_cache = cfg.use_cache if use_cache is None else use_cache
+        if past_key_values is not None and not cfg.is_decoder:
+            raise ValueError("past_key_values needs a decoder: set is_decoder=True in the config")
+        cache = past_key_values
+        if cfg.is_decoder and use_cache and cache is None:
+            cache = self.init_cache(batch, length)
+        past_length = 0 if cache is None else cache.length
+        query_positions = jnp.arange(length) + past_length
+        key_length = length if cache is None else cache.max_length
+
+        if attention_mask is not None:
+            attention_mask = jnp.asarray(attention_mask)
+            if attention_mask.shape != (batch, key_length):
+                raise ValueError(f"attention_mask must have shape {(batch, key_length)} "
+                                 f"(batch, {'cache max_length' if cache is not None else 'length'}), "
+                                 f"got {attention_mask.shape}")
+        mask = masks.padding_mask(attention_mask, length)
+        if cfg.is_decoder:
+            mask = masks.combine(mask, masks.causal_mask(query_positions, key_length))
+
+        encoder_mask = None
+        if encoder_hidden_states is not None:
+            encoder_hidden_states = jnp.asarray(encoder_hidden_states)
+            if encoder_attention_mask is not None:
+                encoder_mask = masks.padding_mask(jnp.asarray(encoder_attention_mask), length)
+
+        x = Data2VecTextEmbeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(
+            input_ids, token_type_ids, position_ids, inputs_embeds, past_length, deterministic
+        )
+        enc = BertEncoder(cfg, self.attention_fn, self.dtype, self.param_dtype, name="encoder")(
+            x, mask,
+            encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
+            query_positions=query_positions,
+            head_mask=expand_head_mask(head_mask, cfg.num_hidden_layers),
+            cache=cache, deterministic=deterministic,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
+        pooled = None
+        if self.add_pooling_layer:
+            pooled = BertPooler(cfg, self.dtype, self.param_dtype, name="pooler")(enc["last_hidden_state"])
+        if not (cfg.is_decoder and use_cache):
+            enc["past_key_values"] = None
+        return out.BaseModelOutputWithPoolingAndCrossAttentions(pooler_output=pooled, **enc)
+
+    @staticmethod
+    def dummy_inputs(config: Data2VecTextConfig) -> dict:
+        return {"input_ids": jnp.full((1, 4), config.pad_token_id + 1, jnp.int32)}
+
+
+def _shared_embedding(module: nn.Module) -> Array:
+    params = module.variables["params"]["data2vec_text"]["embeddings"]["word_embeddings"]
+    return nn.unbox(params)["embedding"]
+
+
+class Data2VecTextLMHead(nn.Module):
+    """dense -> gelu -> layer_norm -> decoder (tied to the word embeddings by default)."""
+
+    config: Data2VecTextConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: Array, shared_embedding: Array | None) -> Array:
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = Dense(cfg.hidden_size, ("embed", "embed_out"), std=cfg.initializer_range, name="dense", **kw)(features)
+        x = activation("gelu")(x)
+        x = LayerNorm(cfg.layer_norm_eps, name="layer_norm", **kw)(x)
+        if shared_embedding is not None:
+            logits = x @ shared_embedding.astype(self.dtype).T
+        else:
+            logits = Dense(cfg.vocab_size, ("embed", "vocab"), std=cfg.initializer_range,
+                           use_bias=False, name="decoder", **kw)(x)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+                          (cfg.vocab_size,), self.param_dtype)
+        return logits + bias.astype(self.dtype)
+
+
+class _Head(nn.Module):
+    """Shared fields of the head modules; ``base()`` builds the ``data2vec_text`` submodule."""
+
+    config: Data2VecTextConfig
+    attention_fn: Callable = dot_product_attention
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def base(self, add_pooling_layer: bool = False) -> Data2VecTextModel:
+        return Data2VecTextModel(self.config, add_pooling_layer, self.attention_fn, self.dtype,
+                                 self.param_dtype, name="data2vec_text")
+
+    def dense(self, features: int, axes, name: str) -> nn.Dense:
+        return Dense(features, axes, std=self.config.initializer_range, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name=name)
+
+    @property
+    def classifier_dropout(self) -> float:
+        cfg = self.config
+        return cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
+
+    dummy_inputs = staticmethod(Data2VecTextModel.dummy_inputs)
+
+
+class Data2VecTextForMaskedLM(_Head):
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 head_mask=None, inputs_embeds=None, labels=None, output_attentions=False,
+                 output_hidden_states=False, deterministic=True) -> out.MaskedLMOutput:
+        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                        deterministic=deterministic)
+        shared = _shared_embedding(self) if self.config.tie_word_embeddings else None
+        logits = Data2VecTextLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")(
+            o.last_hidden_state, shared)
+        loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
+        return out.MaskedLMOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
+                                  attentions=o.attentions)
+
+
+class Data2VecTextForCausalLM(_Head):
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+        """Empty fixed-size cache for ``max_length`` positions (see the module docstring)."""
+        return init_cache(self.config, batch_size, max_length, dtype or self.dtype)
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 head_mask=None, inputs_embeds=None, encoder_hidden_states=None,
+                 encoder_attention_mask=None, labels=None, past_key_values=None, use_cache=None,
+                 output_attentions=False, output_hidden_states=False,
+                 deterministic=True) -> out.CausalLMOutputWithCrossAttentions:
+        if labels is not None:
+            use_cache = False
+        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
+                        output_attentions, output_hidden_states, deterministic)
+        shared = _shared_embedding(self) if self.config.tie_word_embeddings else None
+        logits = Data2VecTextLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")(
+            o.last_hidden_state, shared)
+        loss = None if labels is None else losses.causal_lm_loss(logits, jnp.asarray(labels))
+        return out.CausalLMOutputWithCrossAttentions(
+            loss=loss, logits=logits, past_key_values=o.past_key_values, hidden_states=o.hidden_states,
+            attentions=o.attentions, cross_attentions=o.cross_attentions)
+
+
+class Data2VecTextForSequenceClassification(_Head):
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 head_mask=None, inputs_embeds=None, labels=None, output_attentions=False,
+                 output_hidden_states=False, deterministic=True) -> out.SequenceClassifierOutput:
+        cfg = self.config
+        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                        deterministic=deterministic)
+        logits = Data2VecTextClassificationHead(cfg, self.classifier_dropout, self.dtype, self.param_dtype,
+                                                name="classifier")(o.last_hidden_state, deterministic)
+        loss = None
+        if labels is not None:
+            loss = losses.sequence_classification_loss(logits, jnp.asarray(labels), cfg.num_labels,
+                                                       cfg.problem_type)
+        return out.SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
+                                            attentions=o.attentions)
+
+
+class Data2VecTextClassificationHead(nn.Module):
+    """First token -> dropout -> dense -> tanh -> dropout -> out_proj."""
+
+    config: Data2VecTextConfig
+    dropout: float
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: Array, deterministic: bool = True) -> Array:
+        cfg = self.config
+        kw = dict(std=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.Dropout(self.dropout)(hidden_states[:, 0], deterministic=deterministic)
+        x = jnp.tanh(Dense(cfg.hidden_size, ("embed", "embed_out"), name="dense", **kw)(x))
+        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        return Dense(cfg.num_labels, ("embed_out", None), name="out_proj", **kw)(x)
+
+
+class Data2VecTextForTokenClassification(_Head):
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 head_mask=None, inputs_embeds=None, labels=None, output_attentions=False,
+                 output_hidden_states=False, deterministic=True) -> out.TokenClassifierOutput:
+        cfg = self.config
+        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                        deterministic=deterministic)
+        x = nn.Dropout(self.classifier_dropout)(o.last_hidden_state, deterministic=deterministic)
+        logits = self.dense(cfg.num_labels, ("embed", None), "classifier")(x)
+        loss = None
+        if labels is not None:
+            loss = losses.cross_entropy(logits.reshape(-1, cfg.num_labels), jnp.asarray(labels).reshape(-1))
+        return out.TokenClassifierOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
+                                         attentions=o.attentions)
+
+
+class Data2VecTextForMultipleChoice(_Head):
+    """Inputs ``[B, num_choices, L]``; logits ``[B, num_choices]`` from the pooled output."""
+
+    @nn.compact
+    def __call__(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None,
+                 position_ids=None, head_mask=None, inputs_embeds=None, output_attentions=False,
+                 output_hidden_states=False, deterministic=True) -> out.MultipleChoiceModelOutput:
+        cfg = self.config
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if ref is None or jnp.ndim(ref) < 3:
+            raise ValueError("multiple choice inputs must be [batch, num_choices, length], "
+                             f"got shape {None if ref is None else jnp.shape(ref)}")
+        num_choices = jnp.shape(ref)[1]
+        flat = lambda x: None if x is None else jnp.reshape(x, (-1, jnp.shape(x)[-1]))
+        flat_embeds = None if inputs_embeds is None else jnp.reshape(
+            inputs_embeds, (-1, *jnp.shape(inputs_embeds)[-2:]))
+        o = self.base(add_pooling_layer=True)(
+            flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), head_mask,
+            flat_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            deterministic=deterministic)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(o.pooler_output, deterministic=deterministic)
+        logits = self.dense(1, ("embed", None), "classifier")(x).reshape(-1, num_choices)
+        loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
+        return out.MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
+                                             attentions=o.attentions)
+
+    @staticmethod
+    def dummy_inputs(config: Data2VecTextConfig) -> dict:
+        return {"input_ids": jnp.full((1, 2, 4), config.pad_token_id + 1, jnp.int32)}
+
+
+class Data2VecTextForQuestionAnswering(_Head):
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 head_mask=None, inputs_embeds=None, start_positions=None, end_positions=None,
+                 output_attentions=False, output_hidden_states=False,
+                 deterministic=True) -> out.QuestionAnsweringModelOutput:
+        cfg = self.config
+        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                        deterministic=deterministic)
+        logits = self.dense(cfg.num_labels, ("embed", None), "qa_outputs")(o.last_hidden_state)
+        start_logits, end_logits = logits[..., 0], logits[..., 1]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = losses.span_loss(start_logits, end_logits, jnp.asarray(start_positions),
+                                    jnp.asarray(end_positions))
+        return out.QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                                hidden_states=o.hidden_states, attentions=o.attentions)
+
+
+ARCHITECTURES = {
+    cls.__name__: cls
+    for cls in (
+        Data2VecTextModel, Data2VecTextForMaskedLM, Data2VecTextForCausalLM,
+        Data2VecTextForSequenceClassification, Data2VecTextForTokenClassification,
+        Data2VecTextForMultipleChoice, Data2VecTextForQuestionAnswering,
+    )
+}

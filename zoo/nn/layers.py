@@ -1,0 +1,110 @@
+"""Basic layers with HF initializers and logical axis names on every parameter."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype | type
+
+# HF activation names -> functions with the same numerics as transformers' ACT2FN.
+ACT2FN: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "leaky_relu": functools.partial(jax.nn.leaky_relu, negative_slope=0.01),
+    "linear": lambda x: x,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    try:
+        return ACT2FN[name]
+    except KeyError:
+        raise ValueError(f"activation {name!r} is not supported; choose one of {sorted(ACT2FN)}") from None
+
+
+def normal_init(std: float, axes: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
+
+
+def zeros_init(axes: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def ones_init(axes: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+def Dense(
+    features: int,
+    axes: tuple[str | None, str | None],
+    *,
+    std: float = 0.02,
+    use_bias: bool = True,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Dense:
+    """``nn.Dense`` with HF's normal(std) kernel init, zero bias, logical axes ``(in, out)``."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=normal_init(std, axes),
+        bias_init=zeros_init((axes[1],)),
+        name=name,
+    )
+
+
+def LayerNorm(
+    eps: float,
+    *,
+    axis_name: str = "embed",
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.LayerNorm:
+    """PyTorch-exact LayerNorm (two-pass variance), params ``scale``/``bias``."""
+    return nn.LayerNorm(
+        epsilon=eps,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=ones_init((axis_name,)),
+        bias_init=zeros_init((axis_name,)),
+        name=name,
+    )
+
+
+def Embed(
+    num_embeddings: int,
+    features: int,
+    axes: tuple[str | None, str | None] = ("vocab", "embed"),
+    *,
+    std: float = 0.02,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Embed:
+    return nn.Embed(
+        num_embeddings,
+        features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        embedding_init=normal_init(std, axes),
+        name=name,
+    )

@@ -1,0 +1,269 @@
+"""Load, convert, save and export checkpoints.
+
+Two directory layouts are understood:
+
+* a Hugging Face PyTorch checkpoint (``config.json`` + ``model.safetensors`` / sharded
+  index / ``pytorch_model.bin``), converted on the fly with the family's key table;
+* a zoo directory written by :func:`save_pretrained` / ``zoo convert`` (``config.json``
+  + ``flax_model.safetensors`` whose keys are ``/``-joined Flax paths).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from converters.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, KeyMappingError
+from converters.mapping import ConversionReport, flax_to_torch, torch_to_flax
+from converters.readers import open_checkpoint
+from converters.writers import atomic_directory, save_safetensors
+from zoo.config import ZooConfig
+from zoo.registry import Family, UnsupportedModelError, family_of_architecture, get_family
+
+ZOO_WEIGHTS = "flax_model.safetensors"
+CONFIG_NAME = "config.json"
+_HUB_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
+                 "pytorch_model.bin.index.json", "vocab.json", "tokenizer.json", "*.txt"]
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def as_dtype(dtype) -> Any:
+    """``"bfloat16"`` / ``jnp.bfloat16`` / ``np.float32`` -> a jnp dtype (clear error otherwise)."""
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(_DTYPES)}")
+        return _DTYPES[dtype]
+    if jnp.dtype(dtype).name not in _DTYPES:
+        raise ValueError(f"dtype {jnp.dtype(dtype).name!r} is not supported; choose one of {', '.join(_DTYPES)}")
+    return jnp.dtype(dtype).type
+
+
+# ------------------------------------------------------------------ parameter trees
+def flatten(params: Mapping) -> dict[str, Any]:
+    """Nested dict -> ``{"a/b/kernel": leaf}``."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            for sub, leaf in flatten(value).items():
+                flat[f"{key}/{sub}"] = leaf
+        else:
+            flat[key] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    tree: dict = {}
+    for path, leaf in flat.items():
+        node = tree
+        *parents, name = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[name] = leaf
+    return tree
+
+
+def _dummy_inputs(module: nn.Module) -> dict:
+    return type(module).dummy_inputs(module.config)
+
+
+def param_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Flax path -> shape of every parameter, without allocating anything."""
+    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), **_dummy_inputs(module)))
+    return {p: tuple(v.shape) for p, v in flatten(nn.unbox(abstract)["params"]).items()}
+
+
+def init_params(module: nn.Module, rng: jax.Array | int = 0) -> dict:
+    """Random parameters (HF's initialisers), unboxed."""
+    rng = jax.random.key(rng) if isinstance(rng, int) else rng
+    return nn.unbox(module.init(rng, **_dummy_inputs(module)))["params"]
+
+
+def logical_axes(module: nn.Module) -> dict:
+    """The logical axis names of every parameter (a ``PartitionSpec`` tree)."""
+    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), **_dummy_inputs(module)))
+    return nn.get_partition_spec(abstract)["params"]
+
+
+# ------------------------------------------------------------------- resolving
+def resolve_checkpoint(path_or_repo_id: str | os.PathLike) -> Path:
+    """A local directory, or a hub repo id (from the local HF cache first, then the hub)."""
+    path = Path(path_or_repo_id)
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointNotFoundError(f"{path}: expected a checkpoint directory, got a file")
+        return path
+    repo_id = str(path_or_repo_id)
+    if repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1 or not repo_id:
+        raise CheckpointNotFoundError(f"{repo_id}: no such checkpoint directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=True))
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", ""):
+        raise CheckpointNotFoundError(
+            f"{repo_id}: not a local directory and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointNotFoundError(
+            f"{repo_id}: not a local directory, not in the Hugging Face cache, and the hub "
+            f"could not be reached ({first})"
+        ) from None
+
+
+def read_config(directory: Path) -> tuple[Family, ZooConfig]:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path}: missing config.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError(f"{path}: expected a JSON object")
+    family = get_family(data.get("model_type"))
+    return family, family.config_class.from_dict(data)
+
+
+def choose_architecture(family: Family, config: ZooConfig, architecture: str | None) -> str:
+    if architecture is not None:
+        if architecture not in family.architectures:
+            owner = None
+            try:
+                owner = family_of_architecture(architecture).model_type
+            except UnsupportedModelError:
+                pass
+            raise UnsupportedModelError(
+                f"architecture {architecture!r} is not a {family.model_type} architecture"
+                + (f" (it belongs to {owner})" if owner else "")
+                + f"; choose one of {', '.join(family.architectures)}"
+            )
+        return architecture
+    for name in config.architectures or ():
+        if name in family.architectures:
+            return name
+    return family.base_architecture
+
+
+def build_model(config: ZooConfig, architecture: str | None = None, *, dtype=jnp.float32,
+                param_dtype=jnp.float32, **module_kwargs) -> nn.Module:
+    """The Flax module of ``architecture`` (default: the config's, else the bare model)."""
+    family = get_family(config.model_type)
+    name = choose_architecture(family, config, architecture)
+    return family.architectures[name](config=config, dtype=as_dtype(dtype),
+                                      param_dtype=as_dtype(param_dtype), **module_kwargs)
+
+
+# --------------------------------------------------------------------- loading
+def load_flat_params(
+    directory: Path,
+    module: nn.Module,
+    *,
+    param_dtype=None,
+    on_tensor: Callable[[str], None] | None = None,
+) -> tuple[dict[str, np.ndarray], ConversionReport]:
+    """Read (and convert if needed) the weights of ``directory`` for ``module`` as numpy."""
+    family = get_family(module.config.model_type)
+    expected = param_shapes(module)
+    np_dtype = None if param_dtype is None else np.dtype(as_dtype(param_dtype))
+    zoo_file = directory / ZOO_WEIGHTS
+    with open_checkpoint(zoo_file if zoo_file.exists() else directory) as ckpt:
+        if zoo_file.exists():
+            return _load_zoo_params(ckpt, expected, np_dtype, zoo_file, family, on_tensor)
+        return torch_to_flax(ckpt.keys(), ckpt.get, family.key_table, expected, dtype=np_dtype,
+                             source=str(directory), on_tensor=on_tensor)
+
+
+def _load_zoo_params(ckpt, expected, np_dtype, path, family, on_tensor):
+    report = ConversionReport()
+    params = {}
+    for key in ckpt.keys():
+        if key not in expected:
+            report.unused.append(key)
+            continue
+        value = ckpt.get(key)
+        if tuple(value.shape) != expected[key]:
+            raise KeyMappingError(f"{path}: {key} has shape {tuple(value.shape)}, the model expects {expected[key]}")
+        params[key] = value if np_dtype is None or value.dtype.kind in "iub" else value.astype(np_dtype)
+        if on_tensor:
+            on_tensor(key)
+    missing = [k for k in expected if k not in params]
+    if missing:
+        raise KeyMappingError(f"{path}: {len(missing)} parameters missing: {', '.join(missing[:8])}")
+    return params, report
+
+
+def from_pretrained(
+    path_or_repo_id: str | os.PathLike,
+    architecture: str | None = None,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rng: jax.Array | int = 0,
+    return_report: bool = False,
+    **module_kwargs,
+):
+    """``(model, params)`` from a HF PyTorch checkpoint, a zoo directory or a hub repo id.
+
+    dtype: compute dtype; param_dtype: storage dtype of the returned params.
+    Parameters a task head needs but the checkpoint lacks (declared by the family's key
+    table, e.g. a classifier on top of a pretrained body) are initialised from ``rng``
+    and listed in the report (``return_report=True`` returns ``(model, params, report)``).
+    """
+    directory = resolve_checkpoint(path_or_repo_id)
+    family, config = read_config(directory)
+    module = build_model(config, architecture, dtype=dtype, param_dtype=param_dtype, **module_kwargs)
+    flat, report = load_flat_params(directory, module, param_dtype=param_dtype)
+    if report.missing:
+        fresh = flatten(init_params(module, rng))
+        flat.update({p: fresh[p] for p in report.missing})
+    params = unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+    return (module, params, report) if return_report else (module, params)
+
+
+# ---------------------------------------------------------------------- saving
+def _config_dict(module: nn.Module) -> dict:
+    data = module.config.to_dict()
+    data["architectures"] = [type(module).__name__]
+    return data
+
+
+def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, params: Mapping) -> Path:
+    """Write ``config.json`` + ``flax_model.safetensors``; all or nothing."""
+    flat = {k: np.asarray(v) for k, v in flatten(nn.unbox(params)).items()}
+    with atomic_directory(out_dir) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(_config_dict(module), indent=2, sort_keys=True) + "\n")
+        save_safetensors(flat, tmp / ZOO_WEIGHTS,
+                         metadata={"format": "zoo-flax", "architecture": type(module).__name__})
+    return Path(out_dir)
+
+
+def export_pytorch(out_dir: str | os.PathLike, module: nn.Module, params: Mapping, *,
+                   include_aliases: bool = False) -> Path:
+    """Write a HF PyTorch checkpoint (``config.json`` + ``model.safetensors``)."""
+    family = get_family(module.config.model_type)
+    flat = {k: np.asarray(v) for k, v in flatten(nn.unbox(params)).items()}
+    state = flax_to_torch(flat, family.key_table, include_aliases=include_aliases)
+    with atomic_directory(out_dir) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(_config_dict(module), indent=2, sort_keys=True) + "\n")
+        save_safetensors(state, tmp / "model.safetensors", metadata={"format": "pt"})
+    return Path(out_dir)
+
+
+__all__ = [
+    "CheckpointError", "as_dtype", "build_model", "export_pytorch", "flatten", "from_pretrained",
+    "init_params", "load_flat_params", "logical_axes", "param_shapes", "read_config",
+    "resolve_checkpoint", "save_pretrained", "unflatten",
+]

@@ -1,0 +1,58 @@
+"""Architecture name -> (config class, module class, key table), per family."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from converters.mapping import KeyTable
+from zoo.config import ZooConfig
+from zoo.models import data2vec_text
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One model family: its HF ``model_type``, config class, heads and key table."""
+
+    model_type: str
+    config_class: type[ZooConfig]
+    architectures: dict[str, type]
+    key_table: KeyTable
+    base_architecture: str
+
+
+FAMILIES: dict[str, Family] = {
+    "data2vec-text": Family(
+        model_type="data2vec-text",
+        config_class=data2vec_text.Data2VecTextConfig,
+        architectures=data2vec_text.ARCHITECTURES,
+        key_table=data2vec_text.KEY_TABLE,
+        base_architecture="Data2VecTextModel",
+    ),
+}
+
+
+class UnsupportedModelError(ValueError):
+    """A family or architecture the zoo does not implement."""
+
+
+def get_family(model_type: str | None) -> Family:
+    try:
+        return FAMILIES[model_type]
+    except KeyError:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported families: {', '.join(sorted(FAMILIES))}"
+        ) from None
+
+
+def family_of_architecture(architecture: str) -> Family:
+    for family in FAMILIES.values():
+        if architecture in family.architectures:
+            return family
+    raise UnsupportedModelError(
+        f"architecture {architecture!r} is not supported; run `zoo list` for the supported ones"
+    )
+
+
+def list_architectures() -> list[tuple[str, str]]:
+    """``(model_type, architecture)`` for every supported architecture."""
+    return [(f.model_type, a) for f in FAMILIES.values() for a in f.architectures]
