@@ -227,7 +227,11 @@ class Data2VecTextModel(nn.Module):
 
     @staticmethod
     def dummy_inputs(config: Data2VecTextConfig) -> dict:
-        return {"input_ids": jnp.full((1, 4), config.pad_token_id + 1, jnp.int32)}
+        """Smallest inputs that create every parameter (cross-attention included)."""
+        inputs = {"input_ids": jnp.full((1, 4), config.pad_token_id + 1, jnp.int32)}
+        if config.is_decoder and config.add_cross_attention:
+            inputs["encoder_hidden_states"] = jnp.zeros((1, 2, config.hidden_size))
+        return inputs
 
 
 def _shared_embedding(module: nn.Module) -> Array:
@@ -407,7 +411,8 @@ class Data2VecTextForMultipleChoice(_Head):
 
     @staticmethod
     def dummy_inputs(config: Data2VecTextConfig) -> dict:
-        return {"input_ids": jnp.full((1, 2, 4), config.pad_token_id + 1, jnp.int32)}
+        inputs = Data2VecTextModel.dummy_inputs(config)
+        return {"input_ids": inputs["input_ids"][:, None]}
 
 
 class Data2VecTextForQuestionAnswering(_Head):

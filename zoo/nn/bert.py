@@ -72,7 +72,8 @@ class BertSelfAttention(nn.Module):
 
         scale = head_dim**-0.5
         bias = None
-        if cfg.position_embedding_type in ("relative_key", "relative_key_query"):
+        relative = cfg.position_embedding_type in ("relative_key", "relative_key_query")
+        if relative and not self.is_cross_attention:  # v4 cross-attention is always absolute
             max_pos = cfg.max_position_embeddings
             distance_embedding = Embed(
                 2 * max_pos - 1, head_dim, (None, "kv"), std=cfg.initializer_range,

@@ -1,0 +1,170 @@
+"""Open safetensors / PyTorch checkpoints (single file or sharded) without torch.
+
+``open_checkpoint`` returns a ``Checkpoint`` that knows every tensor's name, shape and dtype
+from the file headers and reads tensor data only on ``get``/``items``, one tensor at a time.
+"""
+
+import json
+import os
+from contextlib import ExitStack
+from typing import Iterator
+
+import numpy as np
+
+from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from .safetensors_io import SafetensorsFile
+from .torch_pickle import TorchZipFile
+
+DIRECTORY_CANDIDATES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+_TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+class Checkpoint:
+    """Tensors of one checkpoint, possibly spread over several shard files.
+
+    ``format`` is "safetensors", "safetensors-sharded", "pytorch" or "pytorch-sharded".
+    ``metadata`` is the safetensors ``__metadata__`` of a single file, the index's ``metadata``
+    of a sharded checkpoint, or {}.
+    """
+
+    def __init__(self, path: str, format: str, where: dict, metadata: dict):
+        self.path = path
+        self.format = format
+        self.metadata = metadata
+        self._where = where  # tensor name -> open shard (SafetensorsFile or TorchZipFile)
+        self._shards = sorted({id(s): s for s in where.values()}.values(), key=lambda s: s.path)
+
+    def keys(self) -> list[str]:
+        return sorted(self._where)
+
+    def __contains__(self, key) -> bool:
+        return key in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shard(key).shape(key)
+
+    def dtype(self, key: str) -> np.dtype:
+        return self._shard(key).dtype(key)
+
+    def get(self, key: str) -> np.ndarray:
+        """Read one tensor into a fresh C-contiguous array that owns its memory."""
+        return self._shard(key).read(key)
+
+    def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield (name, array) for every tensor, shard by shard, reading one tensor at a time."""
+        for shard in self._shards:
+            for key in sorted(k for k, s in self._where.items() if s is shard):
+                yield key, shard.read(key)
+
+    @property
+    def nbytes(self) -> int:
+        """Total size of all tensors in bytes, from the headers."""
+        return sum(shard.nbytes(key) for key, shard in self._where.items())
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.close()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.path!r}, format={self.format!r}, tensors={len(self)})"
+
+    def _shard(self, key: str):
+        try:
+            return self._where[key]
+        except KeyError:
+            raise KeyError(f"tensor {key!r} not found in {self.path}") from None
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Open a checkpoint file (.safetensors, .bin/.pt/.pth, .index.json) or a model directory."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for name in DIRECTORY_CANDIDATES:
+            candidate = os.path.join(path, name)
+            if os.path.isfile(candidate):
+                return _open_file(candidate)
+        raise CheckpointNotFoundError(f"{path}: no checkpoint found; looked for {', '.join(DIRECTORY_CANDIDATES)}")
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"{path}: no such file or directory")
+    return _open_file(path)
+
+
+def _open_file(path: str) -> Checkpoint:
+    if path.endswith(".index.json"):
+        return _open_index(path)
+    if path.endswith(".safetensors"):
+        shard = SafetensorsFile(path)
+        return Checkpoint(path, "safetensors", dict.fromkeys(shard.keys(), shard), shard.metadata)
+    if path.endswith(_TORCH_SUFFIXES):
+        shard = TorchZipFile(path)
+        return Checkpoint(path, "pytorch", dict.fromkeys(shard.keys(), shard), shard.metadata)
+    raise CheckpointError(f"{path}: unknown checkpoint type; expected .safetensors, .bin, .pt, .pth or .index.json")
+
+
+def _open_index(path: str) -> Checkpoint:
+    """Open every shard named by a HF index file and check that each promised tensor is there."""
+    weight_map, metadata = _read_index(path)
+    kind = _shard_kind(path, weight_map.values())
+    opener = SafetensorsFile if kind == "safetensors" else TorchZipFile
+    directory = os.path.dirname(path)
+    with ExitStack() as stack:
+        shards = {}
+        for name in sorted(set(weight_map.values())):
+            shard_path = os.path.join(directory, name)
+            if not os.path.isfile(shard_path):
+                raise CorruptCheckpointError(f"{path}: shard {name} listed in the index is missing")
+            shards[name] = opener(shard_path)
+            stack.callback(shards[name].close)
+        for key, name in weight_map.items():
+            if key not in shards[name]:
+                raise CorruptCheckpointError(
+                    f"{shards[name].path}: tensor {key!r} promised by {path} is not in this shard"
+                )
+        checkpoint = Checkpoint(path, f"{kind}-sharded", {k: shards[n] for k, n in weight_map.items()}, metadata)
+        stack.pop_all()
+    return checkpoint
+
+
+def _read_index(path: str) -> tuple[dict[str, str], dict]:
+    """Parse and validate ``{"metadata": {...}, "weight_map": {tensor: shard file}}``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except ValueError:
+        raise CorruptCheckpointError(f"{path}: index is not valid JSON") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CorruptCheckpointError(f"{path}: index has no valid weight_map of tensor name -> shard file")
+    if not weight_map:
+        raise CorruptCheckpointError(f"{path}: index weight_map is empty")
+    for name in set(weight_map.values()):
+        if os.path.basename(name) != name or name in ("", ".", ".."):
+            raise CorruptCheckpointError(f"{path}: shard {name!r} is not a plain file name")
+    metadata = index.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise CorruptCheckpointError(f"{path}: index metadata is not a JSON object")
+    return weight_map, metadata
+
+
+def _shard_kind(path: str, shard_names) -> str:
+    """The shard file type, "safetensors" or "pytorch", from the shard suffixes."""
+    names = set(shard_names)
+    if all(n.endswith(".safetensors") for n in names):
+        return "safetensors"
+    if all(n.endswith(_TORCH_SUFFIXES) for n in names):
+        return "pytorch"
+    raise CheckpointError(f"{path}: shards must all be .safetensors or all .bin/.pt/.pth files")

@@ -1,0 +1,317 @@
+"""Torch-free reader for PyTorch zip checkpoints (``torch.save`` with torch >= 1.6).
+
+The archive holds ``<archive>/data.pkl`` (the pickled object) and one ``<archive>/data/<key>``
+entry per storage. ``data.pkl`` is unpickled with an allow-list of globals whose stand-ins
+only record where each tensor lives; tensor bytes are read later, one tensor at a time.
+"""
+
+import collections
+import io
+import math
+import pickle
+import struct
+import zipfile
+import zlib
+from typing import NamedTuple
+
+import numpy as np
+
+from .dtypes import TORCH_DTYPES, TORCH_STORAGE_DTYPES, numpy_dtype
+from .errors import CheckpointError, CorruptCheckpointError, UnsafePickleError
+from .fileio import byte_view, open_binary, read_exact
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # zip local file header: signature ... name length, extra length
+
+
+class _DtypeTag(NamedTuple):
+    """Stand-in for a torch storage class (``torch.FloatStorage``) or dtype (``torch.uint16``)."""
+
+    dtype_name: str
+
+
+class _Storage(NamedTuple):
+    key: str
+    dtype_name: str
+    nbytes: int
+
+
+class _TensorRef(NamedTuple):
+    """Where a tensor's elements live: a strided view (in elements) of one storage entry."""
+
+    storage: str
+    dtype: np.dtype
+    offset: int
+    shape: tuple
+    stride: tuple
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    """``torch._utils._rebuild_tensor``: a typed storage viewed with offset/size/stride."""
+    return _tensor_ref(storage, storage_offset, size, stride, getattr(storage, "dtype_name", None))
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
+    """``torch._utils._rebuild_tensor_v2``; gradient flags and hooks are ignored."""
+    _refuse_metadata(metadata)
+    return _rebuild_tensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
+    """``torch._utils._rebuild_tensor_v3``: an untyped (byte) storage plus a dtype (uint16, float8...)."""
+    _refuse_metadata(metadata)
+    return _tensor_ref(storage, storage_offset, size, stride, getattr(dtype, "dtype_name", None))
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks):
+    """``torch._utils._rebuild_parameter``: a Parameter is just its tensor here."""
+    return data
+
+
+def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
+    """``torch._utils._rebuild_parameter_with_state``: the Python attributes in `state` are dropped."""
+    return data
+
+
+def _refuse_metadata(metadata):
+    if metadata:
+        raise ValueError(f"tensors with metadata {_short(metadata)} (conj/neg bits) are not supported")
+
+
+def _tensor_ref(storage, offset, size, stride, dtype_name) -> _TensorRef:
+    """Validate a view of `storage` and record it without reading any data."""
+    shape, strides = _int_tuple(size), _int_tuple(stride)
+    if not isinstance(storage, _Storage) or dtype_name is None or shape is None or strides is None:
+        raise ValueError("malformed tensor record")
+    if len(shape) != len(strides):
+        raise ValueError(f"tensor record has shape {shape} but stride {strides}")
+    if type(offset) is not int or offset < 0:
+        raise ValueError(f"bad storage offset {_short(offset)} for storage data/{storage.key}")
+    dtype = numpy_dtype(dtype_name)
+    if math.prod(shape) and (offset + _span(shape, strides)) * dtype.itemsize > storage.nbytes:
+        raise ValueError(
+            f"tensor view (offset {offset}, shape {shape}, stride {strides}) "
+            f"reaches past the end of storage data/{storage.key}"
+        )
+    return _TensorRef(storage.key, dtype, offset, shape, strides)
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+    ("torch", "UntypedStorage"): _DtypeTag("uint8"),
+    ("torch.storage", "UntypedStorage"): _DtypeTag("uint8"),
+    **{("torch", name): _DtypeTag(dtype_name) for name, dtype_name in TORCH_STORAGE_DTYPES.items()},
+    **{("torch", name): _DtypeTag(name) for name in TORCH_DTYPES},
+}
+ALLOWED_GLOBALS = frozenset(f"{module}.{name}" for module, name in _ALLOWED)
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the allow-listed globals, to stand-ins that read no data."""
+
+    def __init__(self, data: bytes, path: str, storage_sizes: dict[str, int]):
+        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self._path = path
+        self._storage_sizes = storage_sizes
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED[module, name]
+        except KeyError:
+            raise UnsafePickleError(
+                f"refusing to unpickle global '{module}.{name}' from {self._path}: "
+                "only tensor-rebuild globals are allowed"
+            ) from None
+
+    def persistent_load(self, pid):
+        """Accept only ``('storage', storage_type, key, location, numel)`` records of existing entries."""
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise ValueError(f"unexpected persistent id {_short(pid)}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _DtypeTag) or not isinstance(key, str) or type(numel) is not int:
+            raise ValueError(f"malformed storage record {_short(pid)}")
+        nbytes = numel * numpy_dtype(storage_type.dtype_name).itemsize
+        stored = self._storage_sizes.get(key)
+        if stored is None:
+            raise ValueError(f"storage entry data/{key} is missing from the archive")
+        if stored != nbytes:
+            raise ValueError(f"storage data/{key} has {stored} bytes, expected {nbytes}")
+        return _Storage(key, storage_type.dtype_name, nbytes)
+
+
+class TorchZipFile:
+    """One open PyTorch zip checkpoint (a shard of a Checkpoint)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.metadata: dict = {}  # zip checkpoints carry no string metadata
+        self._file = open_binary(path)
+        self._data_offsets: dict[str, int] = {}
+        try:
+            self._zip = _open_zip(self._file, path)
+            self._prefix = _archive_prefix(self._zip, path)
+            self._big_endian = _is_big_endian(self._zip, self._prefix, path)
+            self._refs = self._load_refs()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def keys(self) -> list[str]:
+        return list(self._refs)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._refs
+
+    def shape(self, key: str) -> tuple:
+        return self._refs[key].shape
+
+    def dtype(self, key: str) -> np.dtype:
+        return self._refs[key].dtype
+
+    def nbytes(self, key: str) -> int:
+        ref = self._refs[key]
+        return math.prod(ref.shape) * ref.dtype.itemsize
+
+    def read(self, key: str) -> np.ndarray:
+        """Read one tensor into a fresh C-contiguous array; only the bytes its view spans are read."""
+        ref = self._refs[key]
+        itemsize = ref.dtype.itemsize
+        if not math.prod(ref.shape):
+            return np.empty(ref.shape, ref.dtype)
+        if _is_c_contiguous(ref.shape, ref.stride):
+            out = np.empty(ref.shape, ref.dtype)
+            self._read_storage(ref.storage, ref.offset * itemsize, out)
+            return out
+        buf = np.empty(_span(ref.shape, ref.stride), ref.dtype)
+        self._read_storage(ref.storage, ref.offset * itemsize, buf)
+        view = np.lib.stride_tricks.as_strided(buf, ref.shape, [s * itemsize for s in ref.stride], writeable=False)
+        return np.array(view, order="C")
+
+    def close(self) -> None:
+        self._zip.close()
+        self._file.close()
+
+    def _load_refs(self) -> dict[str, _TensorRef]:
+        """Unpickle data.pkl and keep the top-level tensors."""
+        sizes = {
+            info.filename[len(self._prefix) + 5 :]: info.file_size
+            for info in self._zip.infolist()
+            if info.filename.startswith(self._prefix + "data/")
+        }
+        data = self._read_entry(self._prefix + "data.pkl")
+        try:
+            obj = _SafeUnpickler(data, self.path, sizes).load()
+        except (CheckpointError, ImportError):
+            raise
+        except Exception as exc:
+            raise CorruptCheckpointError(f"{self.path}: cannot unpickle data.pkl: {_short(exc)}") from exc
+        if not isinstance(obj, dict):
+            raise CorruptCheckpointError(f"{self.path}: expected a dict of tensors, found {type(obj).__name__}")
+        refs = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, _TensorRef)}
+        if not refs:
+            names = ", ".join(map(str, list(obj)[:5]))
+            raise CorruptCheckpointError(f"{self.path}: no tensors at the top level of the saved dict (keys: {names})")
+        return refs
+
+    def _read_entry(self, name: str) -> bytes:
+        try:
+            return self._zip.read(name)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise CorruptCheckpointError(f"{self.path}: cannot read {name}: {_short(exc)}") from exc
+
+    def _read_storage(self, key: str, byte_offset: int, out: np.ndarray) -> None:
+        """Fill `out` with storage `key`'s bytes from `byte_offset` on, converting to native byte order."""
+        info = self._zip.getinfo(f"{self._prefix}data/{key}")
+        what = f"storage data/{key}"
+        try:
+            if info.compress_type == zipfile.ZIP_STORED:
+                read_exact(self._file, self._data_offset(info) + byte_offset, byte_view(out), self.path, what)
+            else:
+                with self._zip.open(info) as src:
+                    read_exact(src, byte_offset, byte_view(out), self.path, what)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise CorruptCheckpointError(f"{self.path}: cannot read {what}: {_short(exc)}") from exc
+        if self._big_endian and out.dtype.itemsize > 1:
+            byte_view(out).view(f"u{out.dtype.itemsize}").byteswap(inplace=True)
+
+    def _data_offset(self, info: zipfile.ZipInfo) -> int:
+        """File offset of an uncompressed entry's data, from its local header."""
+        if info.filename not in self._data_offsets:
+            self._file.seek(info.header_offset)
+            head = self._file.read(_LOCAL_HEADER.size)
+            if len(head) != _LOCAL_HEADER.size or not head.startswith(b"PK\x03\x04"):
+                raise CorruptCheckpointError(f"{self.path}: bad zip local header for {info.filename}")
+            _, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+            self._data_offsets[info.filename] = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        return self._data_offsets[info.filename]
+
+
+def _open_zip(f, path: str) -> zipfile.ZipFile:
+    """Open the zip archive, explaining what the file is when it is not one."""
+    head = f.read(4)
+    f.seek(0)
+    try:
+        if zipfile.is_zipfile(f):
+            return zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CorruptCheckpointError(f"{path}: corrupt zip archive: {_short(exc)}") from exc
+    if head.startswith(b"PK"):
+        raise CorruptCheckpointError(f"{path}: truncated or corrupt zip archive (no central directory)")
+    if head.startswith(b"\x80"):
+        raise CorruptCheckpointError(
+            f"{path}: legacy (torch < 1.6) or plain-pickle format is not supported; "
+            "re-save it with torch >= 1.6 (torch.save) or as safetensors"
+        )
+    raise CorruptCheckpointError(f"{path}: not a PyTorch zip checkpoint (unrecognized file signature {head!r})")
+
+
+def _archive_prefix(zf: zipfile.ZipFile, path: str) -> str:
+    """The ``<archive>/`` folder holding data.pkl."""
+    prefixes = [n[: -len("data.pkl")] for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(prefixes) != 1:
+        raise CorruptCheckpointError(f"{path}: expected one <archive>/data.pkl entry, found {len(prefixes)}")
+    return prefixes[0]
+
+
+def _is_big_endian(zf: zipfile.ZipFile, prefix: str, path: str) -> bool:
+    """Read ``<archive>/byteorder`` (absent in old files, which are little-endian)."""
+    try:
+        order = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
+    except KeyError:
+        return False
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise CorruptCheckpointError(f"{path}: cannot read byteorder: {_short(exc)}") from exc
+    if order not in ("little", "big"):
+        raise CorruptCheckpointError(f"{path}: unknown byteorder {order!r}")
+    return order == "big"
+
+
+def _int_tuple(values) -> tuple | None:
+    """`values` as a tuple of non-negative ints, or None if it is not one."""
+    if not isinstance(values, (tuple, list)) or not all(type(v) is int and v >= 0 for v in values):
+        return None
+    return tuple(values)
+
+
+def _span(shape: tuple, stride: tuple) -> int:
+    """Number of storage elements from a non-empty view's first element to its last."""
+    return 1 + sum((n - 1) * s for n, s in zip(shape, stride))
+
+
+def _is_c_contiguous(shape: tuple, stride: tuple) -> bool:
+    expected = 1
+    for n, s in zip(reversed(shape), reversed(stride)):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def _short(obj, limit: int = 120) -> str:
+    """One-line, bounded repr for error messages."""
+    text = " ".join(str(obj).split()) if isinstance(obj, BaseException) else repr(obj)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,163 @@
+"""Atomic safetensors writers (single file and HF-style shards) and an atomic output directory."""
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+import uuid
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+from .dtypes import SAFETENSORS_CODES
+from .fileio import byte_view
+
+
+def save_safetensors(tensors: Mapping[str, np.ndarray], path, metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` to `path` in the safetensors format, atomically.
+
+    The data is streamed tensor by tensor after the header. Tensors are laid out like the
+    reference implementation (largest itemsize first, then by name) so every tensor is
+    aligned to its itemsize; the header is space-padded to a multiple of 8 bytes.
+    """
+    order = sorted(tensors, key=lambda name: (-_check_tensor(name, tensors[name]).itemsize, name))
+    header = _header(tensors, order, metadata)
+
+    def write(f):
+        f.write(header)
+        for name in order:
+            f.write(byte_view(_little_endian(tensors[name])))
+
+    _write_atomic(os.fspath(path), write)
+
+
+def save_safetensors_sharded(
+    tensors: Mapping[str, np.ndarray],
+    directory,
+    max_shard_bytes: int,
+    weights_name: str = "model.safetensors",
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write ``model-0000i-of-0000N.safetensors`` shards plus ``model.safetensors.index.json``.
+
+    Tensors are assigned in name order; a shard is closed when the next tensor would push it
+    past `max_shard_bytes` (a bigger tensor gets a shard of its own). Each file is written
+    atomically; `metadata` goes into every shard's ``__metadata__``.
+    """
+    if not weights_name.endswith(".safetensors"):
+        raise ValueError(f"weights_name must end with .safetensors, got {weights_name!r}")
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    groups = _plan_shards(tensors, max_shard_bytes)
+    stem = weights_name[: -len(".safetensors")]
+    weight_map = {}
+    for i, names in enumerate(groups, 1):
+        shard_name = f"{stem}-{i:05d}-of-{len(groups):05d}.safetensors"
+        save_safetensors({n: tensors[n] for n in names}, os.path.join(directory, shard_name), metadata)
+        weight_map.update(dict.fromkeys(names, shard_name))
+    index = {"metadata": {"total_size": sum(tensors[n].nbytes for n in tensors)}, "weight_map": weight_map}
+    text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+    _write_atomic(os.path.join(directory, weights_name + ".index.json"), lambda f: f.write(text.encode()))
+
+
+@contextlib.contextmanager
+def atomic_directory(final_path) -> Iterator[str]:
+    """Yield a temporary sibling directory that becomes `final_path` only if the block succeeds.
+
+    Refuses (FileExistsError) when `final_path` exists and is not an empty directory. On failure
+    the temporary directory, and any parent directories created for it, are removed.
+    """
+    final = os.path.abspath(os.fspath(final_path))
+    _refuse_existing(final)
+    parent = os.path.dirname(final)
+    created = _first_missing_ancestor(parent)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(final)}.{uuid.uuid4().hex[:12]}.tmp")
+    os.mkdir(tmp)
+    try:
+        yield tmp
+        _refuse_existing(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(created or tmp, ignore_errors=True)
+        raise
+
+
+def _check_tensor(name, arr) -> np.dtype:
+    """Validate one entry of the mapping; return its dtype."""
+    if not isinstance(name, str) or name == "__metadata__":
+        raise TypeError(f"tensor names must be strings other than '__metadata__', got {name!r}")
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"tensor {name!r}: expected a numpy array, got {type(arr).__name__}")
+    if arr.dtype.name not in SAFETENSORS_CODES:
+        raise TypeError(f"tensor {name!r}: dtype {arr.dtype} cannot be stored in safetensors")
+    return arr.dtype
+
+
+def _header(tensors: Mapping[str, np.ndarray], order: list[str], metadata: dict | None) -> bytes:
+    """The 8-byte length prefix plus the space-padded JSON header."""
+    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError("safetensors metadata must map str to str")
+    header = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in order:
+        arr = tensors[name]
+        code = SAFETENSORS_CODES[arr.dtype.name]
+        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _little_endian(arr: np.ndarray) -> np.ndarray:
+    """C-contiguous little-endian version of `arr` (no copy when it already is one)."""
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype.byteorder == ">":
+        arr = arr.byteswap().view(arr.dtype.newbyteorder("<"))
+    return arr
+
+
+def _plan_shards(tensors: Mapping[str, np.ndarray], max_shard_bytes: int) -> list[list[str]]:
+    """Split tensor names (in sorted order) into groups of at most `max_shard_bytes` each."""
+    groups, size = [[]], 0
+    for name in sorted(tensors):
+        nbytes = tensors[name].nbytes
+        if groups[-1] and size + nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    return groups
+
+
+def _write_atomic(path: str, write: Callable) -> None:
+    """Call ``write(f)`` on a temporary sibling file, then rename it to `path`; clean up on failure."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def _refuse_existing(path: str) -> None:
+    if os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+        raise FileExistsError(f"{path}: already exists and is not an empty directory; refusing to overwrite it")
+
+
+def _first_missing_ancestor(path: str) -> str | None:
+    """The outermost directory of `path` that does not exist yet (None if `path` exists)."""
+    missing = None
+    while not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing

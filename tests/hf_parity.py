@@ -1,0 +1,60 @@
+"""Helpers to compare zoo models with their HF PyTorch originals (fp32, max abs diff)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import jax.numpy as jnp
+
+from converters.mapping import torch_to_flax
+from zoo.pretrained import build_model, param_shapes, unflatten
+from zoo.registry import get_family
+
+ATOL = 1e-5
+
+
+def to_zoo(hf_model, architecture: str | None = None, **module_kwargs):
+    """(module, params) equal to ``hf_model``, converted through the family's key table."""
+    family = get_family(hf_model.config.model_type)
+    config = family.config_class.from_dict(hf_model.config.to_dict())
+    module = build_model(config, architecture or type(hf_model).__name__, **module_kwargs)
+    state = {k: v.detach().cpu().numpy() for k, v in hf_model.state_dict().items()}
+    flat, report = torch_to_flax(state.keys(), state.__getitem__, family.key_table, param_shapes(module))
+    assert not report.unused and not report.missing, report.summary()
+    return module, unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+
+
+def max_diff(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = b.detach().cpu().double().numpy() if isinstance(b, torch.Tensor) else np.asarray(b, np.float64)
+    assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
+    if np.isnan(b).any() or np.isnan(a).any():
+        assert np.array_equal(np.isnan(a), np.isnan(b)), "NaN pattern differs"
+        a, b = np.nan_to_num(a), np.nan_to_num(b)
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def assert_outputs_match(zoo_out, hf_out, atol: float = ATOL, skip=("past_key_values",)) -> dict:
+    """Every non-None field of the HF output exists in the zoo output and matches."""
+    diffs = {}
+    for name, ref in hf_out.items():
+        if ref is None or name in skip:
+            continue
+        got = getattr(zoo_out, name)
+        if isinstance(ref, tuple) and not ref and got is None:  # HF's empty cross_attentions
+            continue
+        assert got is not None, f"zoo output lacks {name}"
+        if isinstance(ref, (tuple, list)):
+            assert len(got) == len(ref), f"{name}: {len(got)} entries vs {len(ref)}"
+            diffs[name] = max((max_diff(g, r) for g, r in zip(got, ref)), default=0.0)
+        else:
+            diffs[name] = max_diff(got, ref)
+    bad = {k: v for k, v in diffs.items() if not v <= atol}
+    assert not bad, f"fields differ beyond {atol}: {bad} (all: {diffs})"
+    assert diffs, "nothing was compared"
+    return diffs
+
+
+def torch_inputs(inputs: dict) -> dict:
+    return {k: (torch.from_numpy(np.asarray(v)) if v is not None and not isinstance(v, bool) else v)
+            for k, v in inputs.items()}
