@@ -10,8 +10,10 @@ Two directory layouts are understood:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -213,10 +215,12 @@ def from_pretrained(
     param_dtype=jnp.float32,
     rng: jax.Array | int = 0,
     return_report: bool = False,
+    progress: bool = False,
     **module_kwargs,
 ):
     """``(model, params)`` from a HF PyTorch checkpoint, a zoo directory or a hub repo id.
 
+    progress: show a progress bar on stderr for checkpoints over 100 MB.
     dtype: compute dtype; param_dtype: storage dtype of the returned params.
     Parameters a task head needs but the checkpoint lacks (declared by the family's key
     table, e.g. a classifier on top of a pretrained body) are initialised from ``rng``
@@ -225,12 +229,31 @@ def from_pretrained(
     directory = resolve_checkpoint(path_or_repo_id)
     family, config = read_config(directory)
     module = build_model(config, architecture, dtype=dtype, param_dtype=param_dtype, **module_kwargs)
-    flat, report = load_flat_params(directory, module, param_dtype=param_dtype)
+    with _progress_bar(directory, enabled=progress) as on_tensor:
+        flat, report = load_flat_params(directory, module, param_dtype=param_dtype, on_tensor=on_tensor)
     if report.missing:
         fresh = flatten(init_params(module, rng))
         flat.update({p: fresh[p] for p in report.missing})
     params = unflatten({k: jnp.asarray(v) for k, v in flat.items()})
     return (module, params, report) if return_report else (module, params)
+
+
+@contextlib.contextmanager
+def _progress_bar(directory: Path, enabled: bool):
+    """Yields an ``on_tensor`` callback (or None) that advances a tqdm bar."""
+    if not enabled:
+        yield None
+        return
+    weights = directory / ZOO_WEIGHTS
+    with open_checkpoint(weights if weights.exists() else directory) as ckpt:
+        total, nbytes = len(ckpt), ckpt.nbytes
+    if nbytes < 100 * 2**20:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="tensor", desc=f"loading {directory.name}", file=sys.stderr) as bar:
+        yield lambda _key: bar.update()
 
 
 # ---------------------------------------------------------------------- saving
@@ -244,6 +267,7 @@ def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, params: Mappi
     """Write ``config.json`` + ``flax_model.safetensors``; all or nothing."""
     flat = {k: np.asarray(v) for k, v in flatten(nn.unbox(params)).items()}
     with atomic_directory(out_dir) as tmp:
+        tmp = Path(tmp)
         (tmp / CONFIG_NAME).write_text(json.dumps(_config_dict(module), indent=2, sort_keys=True) + "\n")
         save_safetensors(flat, tmp / ZOO_WEIGHTS,
                          metadata={"format": "zoo-flax", "architecture": type(module).__name__})
@@ -257,6 +281,7 @@ def export_pytorch(out_dir: str | os.PathLike, module: nn.Module, params: Mappin
     flat = {k: np.asarray(v) for k, v in flatten(nn.unbox(params)).items()}
     state = flax_to_torch(flat, family.key_table, include_aliases=include_aliases)
     with atomic_directory(out_dir) as tmp:
+        tmp = Path(tmp)
         (tmp / CONFIG_NAME).write_text(json.dumps(_config_dict(module), indent=2, sort_keys=True) + "\n")
         save_safetensors(state, tmp / "model.safetensors", metadata={"format": "pt"})
     return Path(out_dir)

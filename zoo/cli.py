@@ -1,0 +1,241 @@
+"""The ``zoo`` command: convert, export, inspect and run checkpoints.
+
+Errors print one line on stderr (``zoo: error: ...``) and exit non-zero; an output
+directory is only created when the command succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+TINY_CHECKPOINT = ASSETS / "tiny-data2vec-text"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"zoo: error: {message} (see `zoo {self.prog.split()[-1]} --help`)\n"
+                  if " " in self.prog else f"zoo: error: {message} (see `zoo --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zoo", description="JAX/Flax model zoo: convert and run HF PyTorch checkpoints.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("convert", help="HF PyTorch checkpoint (dir or hub id) -> zoo directory")
+    p.add_argument("src", help="local HF checkpoint directory or hub repo id")
+    p.add_argument("out", help="output directory (must not exist)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (parameter storage)")
+    p.add_argument("--architecture", help="head to build (default: the config's architectures[0])")
+    p.add_argument("--verify", action="store_true",
+                   help="run HF PyTorch and the zoo on a random input and print max abs differences")
+
+    p = sub.add_parser("export", help="zoo directory -> HF PyTorch safetensors checkpoint")
+    p.add_argument("src")
+    p.add_argument("out")
+    p.add_argument("--include-tied", action="store_true", help="also write tied duplicate keys")
+
+    sub.add_parser("list", help="supported architectures")
+
+    p = sub.add_parser("info", help="family, architecture, parameter count, dtype, bytes")
+    p.add_argument("path")
+
+    p = sub.add_parser("run", help="run a checkpoint on token ids and print its predictions")
+    p.add_argument("checkpoint")
+    p.add_argument("--input-ids", default="0 31415 232 328 740 1140 12695 69 46078 1588 2",
+                   help="space-separated token ids (ids >= vocab_size are folded into range)")
+    p.add_argument("--architecture")
+    p.add_argument("--top-k", type=int, default=5)
+
+    p = sub.add_parser("demo", help="convert the tiny checkpoint shipped with the zoo and run it")
+    p.add_argument("--output", help="keep the converted checkpoint here (default: a temp dir)")
+    return parser
+
+
+# ------------------------------------------------------------------------ commands
+def cmd_convert(args) -> None:
+    from zoo import pretrained
+
+    dtype = pretrained.as_dtype(args.dtype)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: output already exists")
+    src = pretrained.resolve_checkpoint(args.src)
+    module, params, report = pretrained.from_pretrained(src, args.architecture, param_dtype=dtype,
+                                                        return_report=True, progress=True)
+    pretrained.save_pretrained(out, module, params)
+    print(f"converted {src} -> {out} ({type(module).__name__}, {_count(params):,} parameters, "
+          f"{args.dtype}); {report.summary()}")
+    if args.verify:
+        _verify(src, module, params)
+
+
+def _count(params) -> int:
+    import jax
+
+    return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+def _verify(src: Path, module, params) -> None:
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise RuntimeError("--verify needs torch and transformers: pip install 'zoo[test]'") from None
+    import numpy as np
+
+    name = type(module).__name__
+    hf_cls = getattr(transformers, name)
+    hf = hf_cls.from_pretrained(str(src), attn_implementation="eager").eval()
+    inputs = module.dummy_inputs(module.config)
+    rng = np.random.RandomState(0)
+    ids = np.asarray(inputs["input_ids"])
+    shape = ids.shape[:-1] + (16,)
+    ids = rng.randint(module.config.pad_token_id + 1, module.config.vocab_size, shape)
+    mask = np.ones_like(ids)
+    mask[..., -3:] = 0
+    ids[..., -3:] = module.config.pad_token_id
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                 output_hidden_states=True)
+    got = module.apply({"params": params}, input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    for field, value in ref.items():
+        if value is None or field == "past_key_values":
+            continue
+        ours = getattr(got, field)
+        pairs = zip(ours, value) if isinstance(value, tuple) else [(ours, value)]
+        diff = max(float(np.max(np.abs(np.asarray(a, np.float64) - b.double().numpy()))) for a, b in pairs)
+        print(f"verify {field}: max abs diff {diff:.3g}")
+
+
+def cmd_export(args) -> None:
+    from zoo import pretrained
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: output already exists")
+    module, params = pretrained.from_pretrained(args.src)
+    pretrained.export_pytorch(out, module, params, include_aliases=args.include_tied)
+    print(f"exported {args.src} -> {out}/model.safetensors ({type(module).__name__})")
+
+
+def cmd_list(args) -> None:
+    from zoo.registry import list_architectures
+
+    for model_type, arch in list_architectures():
+        print(f"{model_type:16s} {arch}")
+
+
+def cmd_info(args) -> None:
+    from collections import Counter
+
+    from converters.readers import open_checkpoint
+    from zoo import pretrained
+
+    src = pretrained.resolve_checkpoint(args.path)
+    family, config = pretrained.read_config(src)
+    arch = pretrained.choose_architecture(family, config, None)
+    weights = src / pretrained.ZOO_WEIGHTS
+    with open_checkpoint(weights if weights.exists() else src) as ckpt:
+        keys = ckpt.keys()
+        count = sum(math.prod(ckpt.shape(k)) for k in keys)
+        dtypes = Counter(str(ckpt.dtype(k)) for k in keys)
+        info = {
+            "path": str(src), "family": family.model_type, "architecture": arch,
+            "format": "zoo" if weights.exists() else ckpt.format, "tensors": len(keys),
+            "parameters": count, "dtype": dict(dtypes), "bytes": ckpt.nbytes,
+        }
+    for k, v in info.items():
+        print(f"{k:13s} {v}")
+
+
+def cmd_run(args) -> None:
+    import numpy as np
+
+    from zoo import pretrained
+
+    module, params = pretrained.from_pretrained(args.checkpoint, args.architecture)
+    cfg = module.config
+    try:
+        ids = np.array([[int(t) for t in args.input_ids.split()]])
+    except ValueError:
+        raise ValueError(f"--input-ids must be space-separated integers, got {args.input_ids!r}") from None
+    if ids.size == 0:
+        raise ValueError("--input-ids is empty")
+    ids = ids % cfg.vocab_size
+    name = type(module).__name__
+    if name.endswith("ForMultipleChoice"):
+        ids = ids[:, None]
+    out = module.apply({"params": params}, input_ids=ids)
+    print(f"{name} on {ids.shape[-1]} tokens")
+    if hasattr(out, "logits") and name.endswith(("MaskedLM", "CausalLM")):
+        logits = np.asarray(out.logits[0])
+        for pos in range(logits.shape[0]):
+            top = np.argsort(-logits[pos])[: args.top_k]
+            print(f"  position {pos:3d} (id {ids[0, pos]:6d}): top-{args.top_k} ids {top.tolist()}")
+    elif name.endswith(("SequenceClassification", "MultipleChoice")):
+        logits = np.asarray(out.logits[0], np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        labels = cfg.id2label or {}
+        for i in np.argsort(-probs)[: args.top_k]:
+            print(f"  {labels.get(int(i), i)}: {probs[i]:.4f}")
+    elif name.endswith("TokenClassification"):
+        labels = cfg.id2label or {}
+        pred = np.asarray(out.logits[0]).argmax(-1)
+        print("  " + " ".join(f"{t}/{labels.get(int(p), p)}" for t, p in zip(ids[0], pred)))
+    elif name.endswith("QuestionAnswering"):
+        start, end = int(np.argmax(out.start_logits[0])), int(np.argmax(out.end_logits[0]))
+        print(f"  answer span: tokens {start}..{end}")
+    else:
+        h = np.asarray(out.last_hidden_state)
+        print(f"  last_hidden_state {h.shape}, mean {h.mean():.5f}, std {h.std():.5f}")
+
+
+def cmd_demo(args) -> None:
+    out = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="zoo-demo-")) / "converted"
+    print(f"# zoo convert {TINY_CHECKPOINT} {out}")
+    import importlib.util
+
+    verify = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
+    cmd_convert(argparse.Namespace(src=str(TINY_CHECKPOINT), out=str(out), dtype="float32",
+                                   architecture=None, verify=verify))
+    print(f"# zoo info {out}")
+    cmd_info(argparse.Namespace(path=str(out)))
+    print(f"# zoo run {out}")
+    cmd_run(argparse.Namespace(checkpoint=str(out), architecture=None, top_k=5,
+                               input_ids="0 31 7 4 58 100 9 2"))
+
+
+COMMANDS = {"convert": cmd_convert, "export": cmd_export, "list": cmd_list, "info": cmd_info,
+            "run": cmd_run, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for people; ZOO_DEBUG=1 re-raises for developers
+        if os.environ.get("ZOO_DEBUG"):
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if isinstance(e, KeyError):
+            message = f"missing key {message}"
+        elif not isinstance(e, (ValueError, OSError, RuntimeError)):
+            message = f"internal error ({type(e).__name__}: {message}); ZOO_DEBUG=1 shows the traceback"
+        print(f"zoo: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
