@@ -89,6 +89,7 @@ def _verify(src: Path, module, params) -> None:
         raise RuntimeError("--verify needs torch and transformers: pip install 'zoo[test]'") from None
     import numpy as np
 
+    transformers.logging.disable_progress_bar()
     name = type(module).__name__
     hf_cls = getattr(transformers, name)
     hf = hf_cls.from_pretrained(str(src), attn_implementation="eager").eval()

@@ -31,6 +31,13 @@ _NEUTRAL_FIELDS = frozenset(
 )
 
 
+def config_dataclass(cls):
+    """``@dataclass(frozen=True)`` keeping ZooConfig's JSON-based hash (dict fields)."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    cls.__hash__ = ZooConfig.__hash__
+    return cls
+
+
 @dataclasses.dataclass(frozen=True)
 class ZooConfig:
     """Fields shared by every family. Subclasses add the family's HF fields."""

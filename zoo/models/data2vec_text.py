@@ -6,7 +6,6 @@ one table used to import PyTorch checkpoints and to export back.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 from converters.mapping import KeyTable
 from zoo import outputs as out
 from zoo.attention.dense import dot_product_attention
-from zoo.config import ZooConfig
+from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import losses, masks
 from zoo.nn.bert import BertEncoder, BertPooler, expand_head_mask
 from zoo.nn.kv_cache import KVCache
@@ -26,7 +25,7 @@ from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation
 Array = jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
+@config_dataclass
 class Data2VecTextConfig(ZooConfig):
     """HF ``Data2VecTextConfig`` (plus v4's ``position_embedding_type``)."""
 
@@ -284,15 +283,21 @@ class _Head(nn.Module):
         cfg = self.config
         return cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
 
-    dummy_inputs = staticmethod(Data2VecTextModel.dummy_inputs)
+    @staticmethod
+    def dummy_inputs(config: Data2VecTextConfig) -> dict:
+        return {"input_ids": Data2VecTextModel.dummy_inputs(config)["input_ids"]}
 
 
 class Data2VecTextForMaskedLM(_Head):
+    dummy_inputs = staticmethod(Data2VecTextModel.dummy_inputs)
+
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, labels=None, output_attentions=False,
+                 head_mask=None, inputs_embeds=None, encoder_hidden_states=None,
+                 encoder_attention_mask=None, labels=None, output_attentions=False,
                  output_hidden_states=False, deterministic=True) -> out.MaskedLMOutput:
         o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        encoder_hidden_states, encoder_attention_mask, use_cache=False,
                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                         deterministic=deterministic)
         shared = _shared_embedding(self) if self.config.tie_word_embeddings else None
@@ -304,6 +309,8 @@ class Data2VecTextForMaskedLM(_Head):
 
 
 class Data2VecTextForCausalLM(_Head):
+    dummy_inputs = staticmethod(Data2VecTextModel.dummy_inputs)
+
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
         """Empty fixed-size cache for ``max_length`` positions (see the module docstring)."""
         return init_cache(self.config, batch_size, max_length, dtype or self.dtype)
@@ -362,7 +369,7 @@ class Data2VecTextClassificationHead(nn.Module):
         x = nn.Dropout(self.dropout)(hidden_states[:, 0], deterministic=deterministic)
         x = jnp.tanh(Dense(cfg.hidden_size, ("embed", "embed_out"), name="dense", **kw)(x))
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-        return Dense(cfg.num_labels, ("embed_out", None), name="out_proj", **kw)(x)
+        return Dense(cfg.num_labels, ("embed_out", "classes"), name="out_proj", **kw)(x)
 
 
 class Data2VecTextForTokenClassification(_Head):
@@ -375,7 +382,7 @@ class Data2VecTextForTokenClassification(_Head):
                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                         deterministic=deterministic)
         x = nn.Dropout(self.classifier_dropout)(o.last_hidden_state, deterministic=deterministic)
-        logits = self.dense(cfg.num_labels, ("embed", None), "classifier")(x)
+        logits = self.dense(cfg.num_labels, ("embed", "classes"), "classifier")(x)
         loss = None
         if labels is not None:
             loss = losses.cross_entropy(logits.reshape(-1, cfg.num_labels), jnp.asarray(labels).reshape(-1))
@@ -404,7 +411,7 @@ class Data2VecTextForMultipleChoice(_Head):
             flat_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             deterministic=deterministic)
         x = nn.Dropout(cfg.hidden_dropout_prob)(o.pooler_output, deterministic=deterministic)
-        logits = self.dense(1, ("embed", None), "classifier")(x).reshape(-1, num_choices)
+        logits = self.dense(1, ("embed", "classes"), "classifier")(x).reshape(-1, num_choices)
         loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
         return out.MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
                                              attentions=o.attentions)
@@ -425,7 +432,7 @@ class Data2VecTextForQuestionAnswering(_Head):
         o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                         deterministic=deterministic)
-        logits = self.dense(cfg.num_labels, ("embed", None), "qa_outputs")(o.last_hidden_state)
+        logits = self.dense(cfg.num_labels, ("embed", "classes"), "qa_outputs")(o.last_hidden_state)
         start_logits, end_logits = logits[..., 0], logits[..., 1]
         loss = None
         if start_positions is not None and end_positions is not None:
