@@ -70,9 +70,9 @@ class ZooConfig:
         if kwargs.get("id2label") is not None:
             kwargs["id2label"] = {int(k): v for k, v in kwargs["id2label"].items()}
             kwargs.setdefault("num_labels", len(kwargs["id2label"]))
-        for name in ("architectures", "eos_token_id"):
-            if isinstance(kwargs.get(name), list):
-                kwargs[name] = tuple(kwargs[name])
+        for name, value in kwargs.items():  # lists -> tuples: configs stay hashable
+            if isinstance(value, list):
+                kwargs[name] = tuple(value)
         config = cls(**kwargs, extra=extra)
         config.validate()
         return config

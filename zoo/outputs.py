@@ -84,3 +84,28 @@ class QuestionAnsweringModelOutput(ModelOutput):
     end_logits: Array = None
     hidden_states: tuple | None = None
     attentions: tuple | None = None
+
+
+@flax.struct.dataclass
+class Wav2Vec2BaseModelOutput(ModelOutput):
+    last_hidden_state: Array = None
+    extract_features: Array = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
+@flax.struct.dataclass
+class CausalLMOutput(ModelOutput):
+    loss: Array = None
+    logits: Array = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
+@flax.struct.dataclass
+class XVectorOutput(ModelOutput):
+    loss: Array = None
+    logits: Array = None
+    embeddings: Array = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None

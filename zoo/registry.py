@@ -6,7 +6,7 @@ import dataclasses
 
 from converters.mapping import KeyTable
 from zoo.config import ZooConfig
-from zoo.models import data2vec_text
+from zoo.models import data2vec_audio, data2vec_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,13 @@ FAMILIES: dict[str, Family] = {
         architectures=data2vec_text.ARCHITECTURES,
         key_table=data2vec_text.KEY_TABLE,
         base_architecture="Data2VecTextModel",
+    ),
+    "data2vec-audio": Family(
+        model_type="data2vec-audio",
+        config_class=data2vec_audio.Data2VecAudioConfig,
+        architectures=data2vec_audio.ARCHITECTURES,
+        key_table=data2vec_audio.KEY_TABLE,
+        base_architecture="Data2VecAudioModel",
     ),
 }
 
