@@ -45,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="family, architecture, parameter count, dtype, bytes")
     p.add_argument("path")
 
-    p = sub.add_parser("run", help="run a checkpoint on token ids and print its predictions")
+    p = sub.add_parser("run", help="run a checkpoint on token ids or audio and print its predictions")
     p.add_argument("checkpoint")
     p.add_argument("--input-ids", default="0 31415 232 328 740 1140 12695 69 46078 1588 2",
-                   help="space-separated token ids (ids >= vocab_size are folded into range)")
+                   help="text models: space-separated token ids (ids >= vocab_size are folded into range)")
+    p.add_argument("--audio", help="audio models: a PCM WAV file (CTC heads print the transcription)")
     p.add_argument("--architecture")
     p.add_argument("--top-k", type=int, default=5)
 
@@ -68,7 +69,7 @@ def cmd_convert(args) -> None:
     src = pretrained.resolve_checkpoint(args.src)
     module, params, report = pretrained.from_pretrained(src, args.architecture, param_dtype=dtype,
                                                         return_report=True, progress=True)
-    pretrained.save_pretrained(out, module, params)
+    pretrained.save_pretrained(out, module, params, extra_files=pretrained.auxiliary_files(src))
     print(f"converted {src} -> {out} ({type(module).__name__}, {_count(params):,} parameters, "
           f"{args.dtype}); {report.summary()}")
     if args.verify:
@@ -120,8 +121,10 @@ def cmd_export(args) -> None:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: output already exists")
-    module, params = pretrained.from_pretrained(args.src)
-    pretrained.export_pytorch(out, module, params, include_aliases=args.include_tied)
+    src = pretrained.resolve_checkpoint(args.src)
+    module, params = pretrained.from_pretrained(src)
+    pretrained.export_pytorch(out, module, params, include_aliases=args.include_tied,
+                              extra_files=pretrained.auxiliary_files(src))
     print(f"exported {args.src} -> {out}/model.safetensors ({type(module).__name__})")
 
 
@@ -156,11 +159,62 @@ def cmd_info(args) -> None:
 
 
 def cmd_run(args) -> None:
-    import numpy as np
-
     from zoo import pretrained
 
-    module, params = pretrained.from_pretrained(args.checkpoint, args.architecture)
+    src = pretrained.resolve_checkpoint(args.checkpoint)
+    module, params = pretrained.from_pretrained(src, args.architecture)
+    takes_audio = "input_values" in module.dummy_inputs(module.config)
+    if takes_audio:
+        if not args.audio:
+            raise ValueError(f"{type(module).__name__} takes audio: pass --audio FILE.wav")
+        return _run_audio(src, module, params, args)
+    if args.audio:
+        raise ValueError(f"{type(module).__name__} takes token ids, not audio: pass --input-ids")
+    _run_text(module, params, args)
+
+
+def _run_audio(src: Path, module, params, args) -> None:
+    import numpy as np
+
+    from zoo.preprocessing import AudioFeatureExtractor, CTCDecoder, read_wav, to_mono
+
+    config_file = src / "preprocessor_config.json"
+    extractor = AudioFeatureExtractor.from_pretrained(src) if config_file.is_file() else AudioFeatureExtractor()
+    samples, rate = read_wav(args.audio)
+    inputs = extractor(to_mono(samples), sampling_rate=rate, return_attention_mask=True)
+    out = module.apply({"params": params}, input_values=inputs["input_values"],
+                       attention_mask=inputs["attention_mask"])
+    name = type(module).__name__
+    print(f"{name} on {args.audio} ({len(samples) / rate:.2f} s at {rate} Hz)")
+    if name.endswith("ForCTC"):
+        if not (src / "vocab.json").is_file():
+            raise FileNotFoundError(f"{src}: no vocab.json next to the CTC checkpoint, cannot decode")
+        print(f"  transcription: {CTCDecoder.from_pretrained(src).decode_logits(np.asarray(out.logits))[0]!r}")
+    elif name.endswith(("SequenceClassification", "XVector")):
+        _print_top_labels(module.config, np.asarray(out.logits[0]), args.top_k)
+    elif name.endswith("AudioFrameClassification"):
+        labels = module.config.id2label or {}
+        pred = np.asarray(out.logits[0]).argmax(-1)
+        print("  frames: " + " ".join(str(labels.get(int(p), p)) for p in pred))
+    else:
+        h = np.asarray(out.last_hidden_state)
+        print(f"  last_hidden_state {h.shape}, mean {h.mean():.5f}, std {h.std():.5f}")
+
+
+def _print_top_labels(config, logits, top_k: int) -> None:
+    import numpy as np
+
+    logits = logits.astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    labels = config.id2label or {}
+    for i in np.argsort(-probs)[:top_k]:
+        print(f"  {labels.get(int(i), i)}: {probs[i]:.4f}")
+
+
+def _run_text(module, params, args) -> None:
+    import numpy as np
+
     cfg = module.config
     try:
         ids = np.array([[int(t) for t in args.input_ids.split()]])
@@ -180,12 +234,7 @@ def cmd_run(args) -> None:
             top = np.argsort(-logits[pos])[: args.top_k]
             print(f"  position {pos:3d} (id {ids[0, pos]:6d}): top-{args.top_k} ids {top.tolist()}")
     elif name.endswith(("SequenceClassification", "MultipleChoice")):
-        logits = np.asarray(out.logits[0], np.float64)
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        labels = cfg.id2label or {}
-        for i in np.argsort(-probs)[: args.top_k]:
-            print(f"  {labels.get(int(i), i)}: {probs[i]:.4f}")
+        _print_top_labels(cfg, np.asarray(out.logits[0]), args.top_k)
     elif name.endswith("TokenClassification"):
         labels = cfg.id2label or {}
         pred = np.asarray(out.logits[0]).argmax(-1)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,11 +264,23 @@ def _config_dict(module: nn.Module) -> dict:
     return data
 
 
-def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, params: Mapping) -> Path:
-    """Write ``config.json`` + ``flax_model.safetensors``; all or nothing."""
+# Files next to the weights that preprocessing needs (tokenizer, feature extractor).
+AUXILIARY_FILES = ("vocab.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.json", "preprocessor_config.json")
+
+
+def auxiliary_files(directory: str | os.PathLike) -> list[Path]:
+    return [Path(directory) / name for name in AUXILIARY_FILES if (Path(directory) / name).is_file()]
+
+
+def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, params: Mapping,
+                    extra_files: Sequence[str | os.PathLike] = ()) -> Path:
+    """Write ``config.json`` + ``flax_model.safetensors`` (+ copies of ``extra_files``); all or nothing."""
     flat = {k: np.asarray(v) for k, v in flatten(nn.unbox(params)).items()}
     with atomic_directory(out_dir) as tmp:
         tmp = Path(tmp)
+        for path in extra_files:
+            shutil.copyfile(path, tmp / Path(path).name)
         (tmp / CONFIG_NAME).write_text(json.dumps(_config_dict(module), indent=2, sort_keys=True) + "\n")
         save_safetensors(flat, tmp / ZOO_WEIGHTS,
                          metadata={"format": "zoo-flax", "architecture": type(module).__name__})
@@ -275,13 +288,15 @@ def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, params: Mappi
 
 
 def export_pytorch(out_dir: str | os.PathLike, module: nn.Module, params: Mapping, *,
-                   include_aliases: bool = False) -> Path:
+                   include_aliases: bool = False, extra_files: Sequence[str | os.PathLike] = ()) -> Path:
     """Write a HF PyTorch checkpoint (``config.json`` + ``model.safetensors``)."""
     family = get_family(module.config.model_type)
     flat = {k: np.asarray(v) for k, v in flatten(nn.unbox(params)).items()}
     state = flax_to_torch(flat, family.key_table, include_aliases=include_aliases)
     with atomic_directory(out_dir) as tmp:
         tmp = Path(tmp)
+        for path in extra_files:
+            shutil.copyfile(path, tmp / Path(path).name)
         (tmp / CONFIG_NAME).write_text(json.dumps(_config_dict(module), indent=2, sort_keys=True) + "\n")
         save_safetensors(state, tmp / "model.safetensors", metadata={"format": "pt"})
     return Path(out_dir)
