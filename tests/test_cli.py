@@ -85,6 +85,30 @@ def test_convert_bfloat16(tmp_path):
     assert "{'bfloat16': 42}" in info.stdout
 
 
+def test_run_audio_transcribes_the_shipped_wav(tmp_path):
+    audio_ckpt = TINY_CHECKPOINT.parent / "tiny-data2vec-audio-ctc"
+    wav = TINY_CHECKPOINT.parent / "tiny-speech.wav"
+    out = tmp_path / "audio"
+    assert zoo("convert", str(audio_ckpt), str(out)).returncode == 0
+    assert (out / "vocab.json").is_file() and (out / "preprocessor_config.json").is_file()
+    result = zoo("run", str(out), "--audio", str(wav))
+    assert result.returncode == 0, result.stderr
+    transcription = result.stdout.split("transcription: ")[1].strip().strip("'")
+    # The same pipeline in PyTorch: HF feature extractor, model and tokenizer.
+    from zoo.preprocessing import read_wav
+
+    samples, rate = read_wav(wav)
+    fe = transformers.Wav2Vec2FeatureExtractor.from_pretrained(audio_ckpt)
+    tok = transformers.Wav2Vec2CTCTokenizer.from_pretrained(audio_ckpt)
+    model = transformers.Data2VecAudioForCTC.from_pretrained(audio_ckpt).eval()
+    inputs = fe(samples, sampling_rate=rate, return_tensors="pt", return_attention_mask=True)
+    with torch.no_grad():
+        ids = model(**inputs).logits.argmax(-1)
+    assert transcription == tok.batch_decode(ids)[0]
+    wrong = zoo("run", str(out), "--input-ids", "1 2 3")
+    assert wrong.returncode == 1 and "takes audio" in wrong.stderr
+
+
 def test_demo_runs():
     result = zoo("demo")
     assert result.returncode == 0, result.stderr
