@@ -15,6 +15,8 @@ from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_CHECKPOINT = ASSETS / "tiny-data2vec-text"
+TINY_AUDIO_CHECKPOINT = ASSETS / "tiny-data2vec-audio-ctc"
+TINY_WAV = ASSETS / "tiny-speech.wav"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
 
     p = sub.add_parser("demo", help="convert the tiny checkpoint shipped with the zoo and run it")
-    p.add_argument("--output", help="keep the converted checkpoint here (default: a temp dir)")
+    p.add_argument("--output", help="keep the converted checkpoints in this directory (default: a temp dir)")
     return parser
 
 
@@ -67,19 +69,13 @@ def cmd_convert(args) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: output already exists")
     src = pretrained.resolve_checkpoint(args.src)
-    module, params, report = pretrained.from_pretrained(src, args.architecture, param_dtype=dtype,
-                                                        return_report=True, progress=True)
-    pretrained.save_pretrained(out, module, params, extra_files=pretrained.auxiliary_files(src))
-    print(f"converted {src} -> {out} ({type(module).__name__}, {_count(params):,} parameters, "
+    module, report = pretrained.convert(src, out, args.architecture, param_dtype=dtype, progress=True)
+    count = sum(math.prod(s) for s in pretrained.param_shapes(module).values())
+    print(f"converted {src} -> {out} ({type(module).__name__}, {count:,} parameters, "
           f"{args.dtype}); {report.summary()}")
     if args.verify:
+        _, params = pretrained.from_pretrained(out)
         _verify(src, module, params)
-
-
-def _count(params) -> int:
-    import jax
-
-    return sum(x.size for x in jax.tree_util.tree_leaves(params))
 
 
 def _verify(src: Path, module, params) -> None:
@@ -248,7 +244,7 @@ def _run_text(module, params, args) -> None:
 
 
 def cmd_demo(args) -> None:
-    out = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="zoo-demo-")) / "converted"
+    out = Path(args.output or tempfile.mkdtemp(prefix="zoo-demo-")) / "converted"
     print(f"# zoo convert {TINY_CHECKPOINT} {out}")
     import importlib.util
 
@@ -259,7 +255,14 @@ def cmd_demo(args) -> None:
     cmd_info(argparse.Namespace(path=str(out)))
     print(f"# zoo run {out}")
     cmd_run(argparse.Namespace(checkpoint=str(out), architecture=None, top_k=5,
-                               input_ids="0 31 7 4 58 100 9 2"))
+                               input_ids="0 31 7 4 58 100 9 2", audio=None))
+    audio_out = out.parent / "converted-audio"
+    print(f"# zoo convert {TINY_AUDIO_CHECKPOINT} {audio_out}")
+    cmd_convert(argparse.Namespace(src=str(TINY_AUDIO_CHECKPOINT), out=str(audio_out), dtype="float32",
+                                   architecture=None, verify=False))
+    print(f"# zoo run {audio_out} --audio {TINY_WAV}")
+    cmd_run(argparse.Namespace(checkpoint=str(audio_out), architecture=None, top_k=5, input_ids=None,
+                               audio=str(TINY_WAV)))
 
 
 COMMANDS = {"convert": cmd_convert, "export": cmd_export, "list": cmd_list, "info": cmd_info,

@@ -277,6 +277,26 @@ def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, params: Mappi
                     extra_files: Sequence[str | os.PathLike] = ()) -> Path:
     """Write ``config.json`` + ``flax_model.safetensors`` (+ copies of ``extra_files``); all or nothing."""
     flat = {k: np.asarray(v) for k, v in flatten(nn.unbox(params)).items()}
+    return _save_flat(out_dir, module, flat, extra_files)
+
+
+def convert(src: str | os.PathLike, out_dir: str | os.PathLike, architecture: str | None = None, *,
+            param_dtype=jnp.float32, progress: bool = False) -> tuple[nn.Module, ConversionReport]:
+    """HF checkpoint -> zoo directory, tensor by tensor in numpy (peak memory ~ the output's size)."""
+    directory = resolve_checkpoint(src)
+    _, config = read_config(directory)
+    module = build_model(config, architecture, param_dtype=param_dtype)
+    with _progress_bar(directory, enabled=progress) as on_tensor:
+        flat, report = load_flat_params(directory, module, param_dtype=param_dtype, on_tensor=on_tensor)
+    if report.missing:
+        fresh = flatten(init_params(module, 0))
+        flat.update({p: np.asarray(fresh[p]) for p in report.missing})
+    _save_flat(out_dir, module, flat, auxiliary_files(directory))
+    return module, report
+
+
+def _save_flat(out_dir, module: nn.Module, flat: Mapping[str, np.ndarray],
+               extra_files: Sequence[str | os.PathLike]) -> Path:
     with atomic_directory(out_dir) as tmp:
         tmp = Path(tmp)
         for path in extra_files:
