@@ -6,7 +6,7 @@ import dataclasses
 
 from converters.mapping import KeyTable
 from zoo.config import ZooConfig
-from zoo.models import data2vec_audio, data2vec_text
+from zoo.models import data2vec_audio, data2vec_text, sew_d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,13 @@ FAMILIES: dict[str, Family] = {
         architectures=data2vec_audio.ARCHITECTURES,
         key_table=data2vec_audio.KEY_TABLE,
         base_architecture="Data2VecAudioModel",
+    ),
+    "sew-d": Family(
+        model_type="sew-d",
+        config_class=sew_d.SEWDConfig,
+        architectures=sew_d.ARCHITECTURES,
+        key_table=sew_d.KEY_TABLE,
+        base_architecture="SEWDModel",
     ),
 }
 

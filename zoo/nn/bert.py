@@ -106,15 +106,17 @@ class BertResidualOutput(nn.Module):
 
     config: Any
     in_axis: str = "heads"
+    dropout: float | None = None  # default: config.hidden_dropout_prob
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, hidden_states: Array, residual: Array, deterministic: bool = True) -> Array:
         cfg = self.config
+        rate = cfg.hidden_dropout_prob if self.dropout is None else self.dropout
         x = Dense(cfg.hidden_size, (self.in_axis, "embed"), std=cfg.initializer_range,
                   dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(hidden_states)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = nn.Dropout(rate)(x, deterministic=deterministic)
         return LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                          name="LayerNorm")(x + residual)
 

@@ -1,0 +1,304 @@
+"""DeBERTa-v2 disentangled attention (content->position ``c2p`` and position->content ``p2c``).
+
+The kernel of SEW-D (and DeBERTa-v2/v3), with the signature shared by every kernel of
+``zoo.attention`` plus the relative-position inputs::
+
+    out, probs = disentangled_attention(
+        query, key, value, *, pos_key=..., pos_query=..., relative_pos=..., att_span=...,
+        pos_att_type=("c2p", "p2c"), mask=None, dropout_rate=0.0, dropout_rng=None,
+        deterministic=True, return_probs=False)
+
+Semantics are those of Hugging Face's ``DisentangledSelfAttention`` (``modeling_sew_d.py``):
+with ``sf = 1 + ("c2p" in types) + ("p2c" in types)`` and ``s = sqrt(D * sf)``::
+
+    scores[i, j] = q_i . k_j / s
+                 + q_i . pos_key[clamp(rel[i, j] + span, 0, 2 span - 1)] / s      (c2p)
+                 + k_j . pos_query[clamp(-rel[j, i] + span, 0, 2 span - 1)] / s   (p2c)
+    probs = XSoftmax(scores, mask)        # masked -> dtype min, softmax, masked probs -> 0
+    out = dropout(probs) @ v
+
+The position terms never materialise a ``[B, H, L, L, 2 span]`` array: ``q @ pos_key^T``
+is formed as ``[B, H, L, 2 span]`` and gathered along its last axis (memory
+``O(B H L (L + 2 span))``). Gradients flow into ``pos_key`` / ``pos_query`` (and so into
+the relative embeddings and their projections) through ordinary JAX autodiff.
+
+Relative positions follow HF's ``build_relative_position`` / ``make_log_bucket_position``
+bit for bit; see :func:`make_log_bucket_position` for how the float32 ``log``/``ceil`` of
+PyTorch is reproduced without depending on XLA's ``log`` rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+POS_ATT_TYPES = ("c2p", "p2c")
+
+
+# ------------------------------------------------------------------ relative positions
+def _check_buckets(bucket_size: int, max_position: int) -> None:
+    mid = bucket_size // 2
+    if mid < 1:
+        raise ValueError(f"position_buckets must be >= 2 to bucket relative positions, got {bucket_size}")
+    if max_position - 1 <= mid:
+        raise ValueError(
+            f"max_relative_positions ({max_position}) must be larger than position_buckets // 2 + 1 "
+            f"({mid + 1}) for log-bucketed relative positions (position_buckets={bucket_size}); HF's formula "
+            "divides by log((max_position - 1) / (position_buckets // 2)), which is <= 0 otherwise"
+        )
+
+
+def _torch_log_bucket_offset(abs_pos: np.ndarray, mid: int, max_position: int) -> np.ndarray:
+    """``ceil(log(a / mid) / log((max_position - 1) / mid) * (mid - 1))`` in PyTorch's float32
+    arithmetic (every step rounded to float32; ``log`` correctly rounded), as int64."""
+    f32 = np.float32
+    x = abs_pos.astype(f32) / f32(mid)
+    with np.errstate(divide="ignore"):
+        log_x = np.log(x.astype(np.float64)).astype(f32)
+    log_c = np.log(np.float64(f32((max_position - 1) / mid))).astype(f32)
+    v = ((log_x / log_c).astype(f32) * f32(mid - 1)).astype(f32)
+    return np.ceil(v).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _log_bucket_thresholds(bucket_size: int, max_position: int) -> np.ndarray:
+    """``t[m]`` = the smallest ``|relative position| > mid`` whose log bucket offset exceeds ``m``.
+
+    The offset ``ceil(v(a))`` is non-decreasing in ``a`` (a correctly rounded ``log``,
+    float32 division and multiplication are monotone), so for ``a > mid`` it equals
+    ``#{m : t[m] <= a}``. Thresholds are found by bisection over all int32 magnitudes.
+    """
+    mid = bucket_size // 2
+    lo_a, hi_a = mid + 1, 2**31 - 1
+    top = int(_torch_log_bucket_offset(np.array([hi_a]), mid, max_position)[0])
+    if top <= 0:
+        return np.zeros((0,), np.int32)
+    levels = np.arange(top, dtype=np.int64)  # offset > m for m in [0, top)
+    lo = np.full(levels.shape, lo_a, np.int64)  # invariant: answer in [lo, hi]
+    hi = np.full(levels.shape, hi_a, np.int64)
+    while np.any(lo < hi):
+        mid_a = (lo + hi) // 2
+        above = _torch_log_bucket_offset(mid_a, mid, max_position) > levels
+        hi = np.where(above, mid_a, hi)
+        lo = np.where(above, lo, mid_a + 1)
+    return lo.astype(np.int32)
+
+
+def make_log_bucket_position(relative_pos, bucket_size: int, max_position: int) -> Array:
+    """HF's ``make_log_bucket_position``: float32 bucketed relative positions.
+
+    ``|r| <= bucket_size // 2`` stays ``r``; beyond, ``sign(r) * (mid + ceil(log(|r| / mid) /
+    log((max_position - 1) / mid) * (mid - 1)))`` with ``mid = bucket_size // 2``, evaluated
+    as PyTorch does in float32. The float part depends only on the static
+    ``(bucket_size, max_position)``, so it is tabulated once on the host as integer
+    thresholds (with a correctly rounded float32 ``log``, which is what PyTorch's CPU
+    kernel gives on every position below 3e5 for all settings we checked; XLA's faster
+    ``log`` differs by an ulp at positions such as ``max_position - 1`` and flips the
+    ``ceil``); ``relative_pos`` itself may be traced. Returns float32, like PyTorch.
+    """
+    _check_buckets(bucket_size, max_position)
+    mid = bucket_size // 2
+    rel = jnp.asarray(relative_pos)
+    if not jnp.issubdtype(rel.dtype, jnp.integer):
+        raise TypeError(f"relative positions must be integers, got {rel.dtype}")
+    rel = rel.astype(jnp.int32)
+    abs_pos = jnp.abs(rel)
+    thresholds = jnp.asarray(_log_bucket_thresholds(bucket_size, max_position))
+    offset = jnp.searchsorted(thresholds, abs_pos, side="right").astype(jnp.int32)
+    bucket = jnp.where(abs_pos <= mid, rel, jnp.sign(rel) * (mid + offset))
+    return bucket.astype(jnp.float32)
+
+
+def build_relative_position(query_size: int, key_size: int, bucket_size: int = -1,
+                            max_position: int = -1) -> Array:
+    """HF's ``build_relative_position`` without the leading unit axis: int32 ``[Lq, Lk]``
+    with ``r[i, j] = i - j``, log-bucketed when ``bucket_size > 0 and max_position > 0``.
+
+    Sizes are static; the result is built with jnp (one bucket lookup per distinct
+    distance, then a Toeplitz expansion), so it is cheap inside ``jax.jit``.
+    """
+    query_size, key_size = int(query_size), int(key_size)
+    if query_size < 1 or key_size < 1:
+        raise ValueError(f"relative positions need positive sizes, got query {query_size}, key {key_size}")
+    distances = jnp.arange(-(key_size - 1), query_size, dtype=jnp.int32)  # every value of i - j
+    if bucket_size > 0 and max_position > 0:
+        distances = make_log_bucket_position(distances, bucket_size, max_position).astype(jnp.int32)
+    i = jnp.arange(query_size, dtype=jnp.int32)[:, None]
+    j = jnp.arange(key_size, dtype=jnp.int32)[None, :]
+    return jnp.take(distances, i - j + (key_size - 1), axis=0)
+
+
+# --------------------------------------------------------------------------- kernel
+def _as_2d_positions(relative_pos, lq: int, lk: int, name: str) -> Array:
+    rel = jnp.asarray(relative_pos)
+    if not jnp.issubdtype(rel.dtype, jnp.integer):
+        raise TypeError(f"{name} must be integers, got {rel.dtype}")
+    if rel.ndim < 2 or rel.shape[-2:] != (lq, lk) or any(d != 1 for d in rel.shape[:-2]):
+        raise ValueError(
+            f"{name} must have shape [{lq}, {lk}] (or with leading unit axes, as HF's "
+            f"build_relative_position returns), got {rel.shape}"
+        )
+    return rel.reshape(lq, lk).astype(jnp.int32)
+
+
+def _check_pos(pos: Array | None, kind: str, arg: str, att_span: int, heads: int, head_dim: int) -> Array:
+    if pos is None:
+        raise ValueError(f'pos_att_type contains "{kind}" but {arg} is None')
+    if pos.ndim != 3 or pos.shape[1:] != (heads, head_dim) or pos.shape[0] < 2 * att_span:
+        raise ValueError(
+            f"{arg} must have shape [2 * att_span = {2 * att_span}, heads = {heads}, head_dim = {head_dim}] "
+            f"(the projected relative embeddings), got {pos.shape}"
+        )
+    return pos[: 2 * att_span]  # HF slices rel_embeddings[0 : 2 * att_span]
+
+
+def _gather_last(table: Array, index: Array) -> Array:
+    """``out[..., i, j] = table[..., i, index[i, j]]`` for ``table [B, H, I, P]`` and ``index [I, J]``."""
+    return jnp.take_along_axis(table, index[None, None], axis=-1, mode="promise_in_bounds")
+
+
+def disentangled_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    pos_key: Array | None = None,
+    pos_query: Array | None = None,
+    relative_pos: Array,
+    att_span: int,
+    pos_att_type: tuple[str, ...] | list[str] = ("c2p", "p2c"),
+    mask: Array | None = None,
+    bias: Array | None = None,
+    head_mask: Array | None = None,
+    scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    deterministic: bool = True,
+    return_probs: bool = False,
+) -> tuple[Array, Array | None]:
+    """Disentangled attention exactly as HF's ``DisentangledSelfAttention`` (after projections).
+
+    Args:
+      query: ``[B, Lq, H, D]``; key, value: ``[B, Lk, H, D]`` (already projected, unscaled).
+      pos_key: ``[2 * att_span, H, D]``, the relative embeddings projected by the key
+        projection (``share_att_key``) or ``pos_key_proj``; needed for ``"c2p"``.
+      pos_query: ``[2 * att_span, H, D]``, projected by the query projection or
+        ``pos_query_proj``; needed for ``"p2c"``. Extra rows beyond ``2 * att_span`` are
+        ignored, as HF slices ``rel_embeddings[:2 * att_span]``.
+      relative_pos: int ``[Lq, Lk]`` (or ``[1, Lq, Lk]``), from :func:`build_relative_position`.
+      att_span: HF's ``pos_ebd_size``: ``position_buckets`` if > 0 else ``max_relative_positions``.
+      pos_att_type: any subset of ``("c2p", "p2c")``. ``"p2c"`` needs ``Lq == Lk`` (as in
+        HF, where the p2c term is ``[Lk, Lk]`` and must add onto ``[Lq, Lk]`` scores).
+      mask: boolean, broadcastable to ``[B, H, Lq, Lk]``, True keeps (SEW-D: ``[B, 1, 1, Lk]``).
+        As HF's ``XSoftmax``: masked scores -> dtype minimum before the softmax, masked
+        probabilities -> 0 after it, so a fully masked row gives zeros (not uniform).
+      bias: optional additive scores broadcastable to ``[B, H, Lq, Lk]`` (not used by HF).
+      head_mask: optional, multiplies the probabilities after dropout, as in ``dense``.
+      scale: must be None: the scale is HF's ``sqrt(D * scale_factor)``.
+      dropout_rate, dropout_rng, deterministic: dropout on the probabilities (HF's
+        ``StableDropout`` is ordinary inverted dropout). Dropout of the relative embeddings
+        (``pos_dropout``) belongs to the caller, before the projections.
+      return_probs: also return the (post-dropout, as HF) probabilities ``[B, H, Lq, Lk]``.
+
+    Returns:
+      ``(out [B, Lq, H, D], probs [B, H, Lq, Lk] or None)``.
+    """
+    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+        raise ValueError(
+            f"attention expects [batch, length, heads, head_dim] arrays, got query {query.shape}, "
+            f"key {key.shape}, value {value.shape}"
+        )
+    if key.shape != value.shape or query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
+        raise ValueError(f"attention shapes disagree: query {query.shape}, key {key.shape}, value {value.shape}")
+    if scale is not None:
+        raise ValueError("disentangled_attention fixes the scale to HF's sqrt(head_dim * scale_factor); pass scale=None")
+    types = tuple(pos_att_type or ())
+    unknown = [t for t in types if t not in POS_ATT_TYPES]
+    if unknown:
+        raise ValueError(f"pos_att_type entries must be among {POS_ATT_TYPES}, got {unknown}")
+    use_c2p, use_p2c = "c2p" in types, "p2c" in types
+    att_span = int(att_span)
+    if (use_c2p or use_p2c) and att_span < 1:
+        raise ValueError(f"att_span must be >= 1, got {att_span}")
+
+    dropout_active = dropout_rate > 0.0 and not deterministic
+    if dropout_active and dropout_rng is None:
+        raise ValueError("attention dropout in training mode needs a dropout_rng")
+
+    _, lq, heads, head_dim = query.shape
+    lk = key.shape[1]
+    if use_c2p or use_p2c:
+        rel = _as_2d_positions(relative_pos, lq, lk, "relative_pos")
+    if use_c2p:
+        pk = _check_pos(pos_key, "c2p", "pos_key", att_span, heads, head_dim).astype(query.dtype)
+    if use_p2c:
+        if lq != lk:
+            raise ValueError(
+                f'"p2c" attention needs as many queries as keys (HF adds a [Lk, Lk] position->content '
+                f"term to the [Lq, Lk] scores), got Lq={lq}, Lk={lk}"
+            )
+        pq = _check_pos(pos_query, "p2c", "pos_query", att_span, heads, head_dim).astype(query.dtype)
+    scale_factor = 1 + int(use_c2p) + int(use_p2c)
+    # torch: sqrt(tensor(D, float32) * scale_factor), cast to the input dtype.
+    scale_value = float(np.sqrt(np.float32(head_dim) * np.float32(scale_factor), dtype=np.float32))
+    inv_dtype = query.dtype
+    acc = jnp.promote_types(query.dtype, jnp.float32)  # softmax statistics in >= float32
+    s = jnp.asarray(scale_value, inv_dtype)
+
+    # HF: bmm(q, k^T / s)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key / s, preferred_element_type=acc)
+    rel_att = None
+    if use_c2p:
+        c2p_table = jnp.einsum("bqhd,phd->bhqp", query, pk, preferred_element_type=acc)  # [B, H, Lq, 2span]
+        c2p_index = jnp.clip(rel + att_span, 0, 2 * att_span - 1)
+        rel_att = _gather_last(c2p_table, c2p_index) / jnp.asarray(scale_value, acc)
+    if use_p2c:
+        p2c_table = jnp.einsum("bkhd,phd->bhkp", key, pq, preferred_element_type=acc)  # [B, H, Lk, 2span]
+        # p2c_index[j, i] = clamp(-rel[j, i] + span): row j of the table, then transpose.
+        p2c_index = jnp.clip(-rel + att_span, 0, 2 * att_span - 1)
+        p2c = jnp.swapaxes(_gather_last(p2c_table, p2c_index), -1, -2) / jnp.asarray(scale_value, acc)
+        rel_att = p2c if rel_att is None else rel_att + p2c
+    if rel_att is not None:
+        scores = scores + rel_att
+    if bias is not None:
+        scores = scores + bias.astype(acc)
+
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.dtype != jnp.bool_:
+            mask = mask != 0
+        scores = jnp.where(mask, scores, jnp.finfo(acc).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if mask is not None:
+        probs = jnp.where(mask, probs, jnp.zeros((), acc))
+    probs = probs.astype(value.dtype)
+
+    if dropout_active:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / jnp.asarray(1.0 - dropout_rate, probs.dtype), jnp.zeros((), probs.dtype))
+    if head_mask is not None:
+        probs = probs * head_mask.astype(probs.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+    return out, (probs if return_probs else None)
+
+
+def relative_attention_span(position_buckets: int, max_relative_positions: int,
+                            max_position_embeddings: int) -> int:
+    """HF's ``pos_ebd_size``: ``position_buckets`` if > 0, else ``max_relative_positions``
+    (which falls back to ``max_position_embeddings`` when < 1)."""
+    if max_relative_positions < 1:
+        max_relative_positions = max_position_embeddings
+    return position_buckets if position_buckets > 0 else max_relative_positions
+
+
+__all__ = [
+    "build_relative_position",
+    "disentangled_attention",
+    "make_log_bucket_position",
+    "relative_attention_span",
+]

@@ -1,0 +1,435 @@
+"""SEW-D: squeezed wav2vec2-style audio encoder with DeBERTa-v2 disentangled attention.
+
+Shares the conv feature encoder, weight-normed positional conv and frame-length
+arithmetic with Data2VecAudio (``zoo.nn.audio``); the encoder runs at ``1 / squeeze_factor``
+of the frame rate and is upsampled back. Heads: ForCTC, ForSequenceClassification.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from converters.mapping import KeyTable
+from zoo import outputs as out
+from zoo.attention.disentangled import build_relative_position, disentangled_attention
+from zoo.config import ZooConfig, config_dataclass
+from zoo.nn import audio, losses
+from zoo.nn.bert import BertIntermediate, BertResidualOutput
+from zoo.nn.ctc import ctc_loss
+from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation, zeros_init
+from zoo.nn.spec_augment import apply_spec_augment
+
+Array = jax.Array
+
+
+@config_dataclass
+class SEWDConfig(ZooConfig):
+    """HF ``SEWDConfig`` (plus DeBERTa's optional ``conv_kernel_size`` / ``conv_groups`` / ``conv_act``)."""
+
+    model_type = "sew-d"
+
+    vocab_size: int | None = 32
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    squeeze_factor: int = 2
+    max_position_embeddings: int = 512
+    position_buckets: int = 256
+    share_att_key: bool = True
+    relative_attention: bool = True
+    pos_att_type: tuple[str, ...] = ("p2c", "c2p")
+    norm_rel_ebd: str = "layer_norm"
+    hidden_act: str = "gelu_python"
+    hidden_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    feat_proj_dropout: float = 0.0
+    final_dropout: float = 0.1
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-7
+    feature_layer_norm_eps: float = 1e-5
+    feat_extract_norm: str = "group"
+    feat_extract_activation: str = "gelu"
+    conv_dim: tuple[int, ...] = (64, 128, 128, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512)
+    conv_stride: tuple[int, ...] = (5, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1)
+    conv_kernel: tuple[int, ...] = (10, 3, 1, 3, 1, 3, 1, 3, 1, 2, 1, 2, 1)
+    conv_bias: bool = False
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    apply_spec_augment: bool = True
+    mask_time_prob: float = 0.05
+    mask_time_length: int = 10
+    mask_time_min_masks: int = 2
+    mask_feature_prob: float = 0.0
+    mask_feature_length: int = 10
+    mask_feature_min_masks: int = 0
+    ctc_loss_reduction: str = "mean"
+    ctc_zero_infinity: bool = False
+    use_weighted_layer_sum: bool = False
+    classifier_proj_size: int = 256
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple[int, ...] | None = 2
+    max_relative_positions: int = -1
+    conv_kernel_size: int = 0
+    conv_groups: int = 1
+    conv_act: str = "tanh"
+    hidden_dropout_prob: float = 0.1  # DeBERTa's ConvLayer dropout (HF reads this name)
+
+    def validate(self) -> None:
+        super().validate()
+        if not (len(self.conv_dim) == len(self.conv_stride) == len(self.conv_kernel)):
+            self._unsupported("conv_dim", self.conv_dim,
+                              "conv_dim, conv_stride and conv_kernel must have the same length")
+        for name in ("hidden_act", "feat_extract_activation", "conv_act"):
+            self._require_choice(name, set(ACT2FN))
+        self._require_choice("feat_extract_norm", {"group", "layer"})
+        self._require_choice("ctc_loss_reduction", {"sum", "mean"})
+        if not set(self.pos_att_type) <= {"c2p", "p2c"}:
+            self._unsupported("pos_att_type", self.pos_att_type, "supported position terms are c2p and p2c")
+        if not set(x.strip() for x in self.norm_rel_ebd.lower().split("|")) <= {"layer_norm", "none"}:
+            self._unsupported("norm_rel_ebd", self.norm_rel_ebd, "supported: 'layer_norm' or 'none'")
+        if self.hidden_size % self.num_attention_heads:
+            self._unsupported("hidden_size", self.hidden_size,
+                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        if self.squeeze_factor < 1:
+            self._unsupported("squeeze_factor", self.squeeze_factor, "must be >= 1")
+        if self.extra.get("add_adapter"):
+            self._unsupported("add_adapter", True, "SEW-D has no adapter")
+
+    @property
+    def max_relative(self) -> int:
+        """HF: max_relative_positions, falling back to max_position_embeddings when < 1."""
+        return self.max_relative_positions if self.max_relative_positions >= 1 else self.max_position_embeddings
+
+    @property
+    def att_span(self) -> int:
+        """HF's pos_ebd_size: position_buckets when bucketing, else max_relative_positions."""
+        return self.position_buckets if self.position_buckets > 0 else self.max_relative
+
+
+KEY_TABLE = KeyTable(
+    base_model_prefix="sew_d",
+    init_if_missing=(r"^lm_head/", r"^projector/", r"^classifier/", r"^layer_weights$",
+                     r"^(sew_d/)?masked_spec_embed$"),
+)
+
+
+class DisentangledSelfAttention(nn.Module):
+    """DeBERTa-v2 attention: content-content plus c2p / p2c relative terms (``zoo.attention.disentangled``)."""
+
+    config: SEWDConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, relative_pos: Array | None, rel_embeddings: Array | None,
+                 deterministic: bool = True, output_attentions: bool = False):
+        cfg = self.config
+        heads = cfg.num_attention_heads
+        head_dim = cfg.hidden_size // heads
+        dense = lambda name: Dense(heads * head_dim, ("embed", "heads"), std=cfg.initializer_range,
+                                   dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        split = lambda t: t.reshape(*t.shape[:-1], heads, head_dim)
+        query_proj, key_proj = dense("query_proj"), dense("key_proj")
+        query, key = split(query_proj(x)), split(key_proj(x))
+        value = split(dense("value_proj")(x))
+        types = tuple(cfg.pos_att_type or ()) if cfg.relative_attention else ()
+        pos_key = pos_query = None
+        if cfg.relative_attention:
+            rel = nn.Dropout(cfg.activation_dropout)(rel_embeddings, deterministic=deterministic)
+            rel = rel[: 2 * cfg.att_span]
+            if cfg.share_att_key:
+                pos_key = split(key_proj(rel)) if "c2p" in types else None
+                pos_query = split(query_proj(rel)) if "p2c" in types else None
+            else:
+                pos_key = split(dense("pos_key_proj")(rel)) if "c2p" in types else None
+                pos_query = split(dense("pos_query_proj")(rel)) if "p2c" in types else None
+        rng = self.make_rng("dropout") if (not deterministic and cfg.attention_dropout > 0) else None
+        context, probs = disentangled_attention(
+            query, key, value, pos_key=pos_key, pos_query=pos_query, relative_pos=relative_pos,
+            att_span=cfg.att_span, pos_att_type=types, mask=mask, dropout_rate=cfg.attention_dropout,
+            dropout_rng=rng, deterministic=deterministic, return_probs=output_attentions,
+        )
+        return context.reshape(*context.shape[:-2], heads * head_dim), probs
+
+
+class SEWDAttention(nn.Module):
+    """``self`` (disentangled attention) + ``output`` (dense, dropout, LayerNorm with residual)."""
+
+    config: SEWDConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, relative_pos, rel_embeddings, deterministic, output_attentions):
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        context, probs = DisentangledSelfAttention(cfg, name="self", **kw)(
+            x, mask, relative_pos, rel_embeddings, deterministic, output_attentions)
+        out_ = BertResidualOutput(cfg, dropout=cfg.activation_dropout, name="output", **kw)(context, x, deterministic)
+        return out_, probs
+
+
+class SEWDLayer(nn.Module):
+    config: SEWDConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, relative_pos, rel_embeddings, deterministic=True, output_attentions=False):
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        attn, probs = SEWDAttention(cfg, name="attention", **kw)(
+            x, mask, relative_pos, rel_embeddings, deterministic, output_attentions)
+        h = BertIntermediate(cfg, name="intermediate", **kw)(attn)
+        return BertResidualOutput(cfg, "mlp", cfg.activation_dropout, name="output", **kw)(h, attn, deterministic), probs
+
+
+class ConvLayer(nn.Module):
+    """DeBERTa's conv branch after the first layer (only when ``conv_kernel_size > 0``)."""
+
+    config: SEWDConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden: Array, residual: Array, input_mask: Array, deterministic: bool = True) -> Array:
+        cfg = self.config
+        k = cfg.conv_kernel_size
+        y = nn.Conv(cfg.hidden_size, (k,), padding=[((k - 1) // 2, (k - 1) // 2)], feature_group_count=cfg.conv_groups,
+                    kernel_init=nn.with_logical_partitioning(nn.initializers.he_normal(), (None, "conv_in", "embed")),
+                    bias_init=zeros_init(("embed",)), dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(hidden)
+        keep = input_mask[..., None].astype(bool)
+        y = jnp.where(keep, y, 0.0)
+        y = activation(cfg.conv_act)(nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic))
+        y = LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="LayerNorm")(residual + y)
+        return y * keep.astype(y.dtype)
+
+
+class SEWDTransformerEncoder(nn.Module):
+    """DeBERTa-v2 encoder: relative embeddings (+ LayerNorm), layers, optional conv branch."""
+
+    config: SEWDConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, input_mask: Array, deterministic=True, output_attentions=False,
+                 output_hidden_states=False) -> dict:
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        relative_pos = rel_embeddings = None
+        if cfg.relative_attention:
+            rel_embeddings = Embed(2 * cfg.att_span, cfg.hidden_size, (None, "embed"), std=cfg.initializer_range,
+                                   name="rel_embeddings", **kw)(jnp.arange(2 * cfg.att_span))
+            if "layer_norm" in cfg.norm_rel_ebd.lower():
+                rel_embeddings = LayerNorm(cfg.layer_norm_eps, name="LayerNorm", **kw)(rel_embeddings)
+            bucket = cfg.position_buckets
+            relative_pos = build_relative_position(x.shape[1], x.shape[1], bucket, cfg.max_relative)
+        mask = input_mask.astype(bool)[:, None, None, :]
+        hidden, attentions = [], []
+        encoder_input = x
+        if output_hidden_states:
+            hidden.append(x)
+        for i in range(cfg.num_hidden_layers):
+            y, probs = SEWDLayer(cfg, name=f"layer_{i}", **kw)(x, mask, relative_pos, rel_embeddings,
+                                                              deterministic, output_attentions)
+            if output_hidden_states:  # HF records each layer's own output (before the conv branch)
+                hidden.append(y)
+            if i == 0 and cfg.conv_kernel_size > 0:
+                y = ConvLayer(cfg, name="conv", **kw)(encoder_input, y, input_mask, deterministic)
+            x = y
+            attentions.append(probs)
+        return dict(last_hidden_state=x, hidden_states=tuple(hidden) if output_hidden_states else None,
+                    attentions=tuple(attentions) if output_attentions else None)
+
+
+class SEWDEncoder(nn.Module):
+    """Squeeze (avg-pool + strided positional conv) -> DeBERTa encoder -> upsample to frame rate."""
+
+    config: SEWDConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, frames: Array | None, deterministic=True, output_attentions=False,
+                 output_hidden_states=False) -> dict:
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        s = cfg.squeeze_factor
+        num_frames = x.shape[1]
+        squeezed = num_frames // s
+        if frames is None:
+            input_mask = jnp.ones((x.shape[0], squeezed), jnp.int32)
+        else:
+            x = jnp.where(frames[..., None], x, 0.0)
+            input_mask = frames[:, : squeezed * s].reshape(x.shape[0], squeezed, s).max(-1).astype(jnp.int32)
+        positions = audio.WeightNormPositionalConv(cfg, stride=s, name="pos_conv_embed", **kw)(x)
+        pooled = x[:, : squeezed * s].reshape(x.shape[0], squeezed, s, x.shape[2]).mean(2)
+        x = pooled + positions[:, :squeezed]
+        enc = SEWDTransformerEncoder(cfg, name="encoder", **kw)(x, input_mask, deterministic, output_attentions,
+                                                                output_hidden_states)
+        y = SEWDUpsampling(cfg, name="upsample", **kw)(enc["last_hidden_state"])
+        if y.shape[1] < num_frames:
+            y = jnp.pad(y, ((0, 0), (0, num_frames - y.shape[1]), (0, 0)))
+        enc["last_hidden_state"] = y
+        return enc
+
+
+class SEWDUpsampling(nn.Module):
+    """Linear to ``hidden * squeeze_factor``, activation, channels unfolded into time."""
+
+    config: SEWDConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        s = cfg.squeeze_factor
+        y = Dense(cfg.hidden_size * s, ("embed", "mlp"), std=cfg.initializer_range, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="projection")(x)
+        y = activation(cfg.feat_extract_activation)(y)
+        return y.reshape(y.shape[0], y.shape[1] * s, cfg.hidden_size)
+
+
+class SEWDModel(nn.Module):
+    """``[B, T]`` waveform -> ``last_hidden_state [B, F, hidden]`` at the feature frame rate."""
+
+    config: SEWDConfig
+    freeze_feature_encoder: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_values, attention_mask=None, mask_time_indices=None, output_attentions=False,
+                 output_hidden_states=False, deterministic=True) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        waveform = jnp.asarray(input_values)
+        if waveform.ndim != 2 or not jnp.issubdtype(waveform.dtype, jnp.floating):
+            raise ValueError(f"input_values must be a float array [batch, samples], got shape {waveform.shape} "
+                             f"dtype {waveform.dtype}")
+        features = audio.FeatureEncoder(cfg, name="feature_extractor", **kw)(waveform)
+        if self.freeze_feature_encoder:
+            features = jax.lax.stop_gradient(features)
+        x = LayerNorm(cfg.feature_layer_norm_eps, axis_name="conv_out", name="layer_norm", **kw)(features)
+        if cfg.conv_dim[-1] != cfg.hidden_size:
+            x = Dense(cfg.hidden_size, ("conv_out", "embed"), std=cfg.initializer_range,
+                      name="feature_projection", **kw)(x)
+        x = nn.Dropout(cfg.feat_proj_dropout)(x, deterministic=deterministic)
+        frames = None
+        if attention_mask is not None:
+            attention_mask = jnp.asarray(attention_mask)
+            if attention_mask.shape != waveform.shape:
+                raise ValueError(f"attention_mask must have the shape of input_values {waveform.shape}, "
+                                 f"got {attention_mask.shape}")
+            frames = audio.frame_mask(cfg, attention_mask, x.shape[1], add_adapter=False)
+        if cfg.mask_time_prob > 0.0 or cfg.mask_feature_prob > 0.0:
+            embed = self.param("masked_spec_embed", nn.with_logical_partitioning(
+                nn.initializers.uniform(1.0), ("embed",)), (cfg.hidden_size,), self.param_dtype)
+            training = not deterministic
+            x, _ = apply_spec_augment(
+                self.make_rng("dropout") if training else None, x, masked_spec_embed=embed.astype(x.dtype),
+                mask_time_prob=cfg.mask_time_prob, mask_time_length=cfg.mask_time_length,
+                mask_time_min_masks=cfg.mask_time_min_masks, mask_feature_prob=cfg.mask_feature_prob,
+                mask_feature_length=cfg.mask_feature_length, mask_feature_min_masks=cfg.mask_feature_min_masks,
+                mask_time_indices=None if mask_time_indices is None else jnp.asarray(mask_time_indices, bool),
+                deterministic=deterministic, apply_spec_augment=cfg.apply_spec_augment,
+            )
+        elif mask_time_indices is not None:
+            raise ValueError("mask_time_indices needs masked_spec_embed, which exists only when "
+                             "mask_time_prob > 0 or mask_feature_prob > 0 in the config")
+        enc = SEWDEncoder(cfg, name="encoder", **kw)(x, frames, deterministic, output_attentions,
+                                                     output_hidden_states)
+        return out.BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=enc["last_hidden_state"], hidden_states=enc["hidden_states"],
+            attentions=enc["attentions"])
+
+    @staticmethod
+    def dummy_inputs(config: SEWDConfig) -> dict:
+        length = 1
+        for k, s in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+            length = (length - 1) * s + k
+        return {"input_values": jnp.zeros((1, (length + 4) * 2 * config.squeeze_factor), jnp.float32)}
+
+
+class _Head(nn.Module):
+    config: SEWDConfig
+    freeze_feature_encoder: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    dummy_inputs = staticmethod(SEWDModel.dummy_inputs)
+
+    def body(self, input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
+             deterministic):
+        return SEWDModel(self.config, self.freeze_feature_encoder, self.dtype, self.param_dtype, name="sew_d")(
+            input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states, deterministic)
+
+    def dense(self, features: int, axes, name: str) -> nn.Dense:
+        return Dense(features, axes, std=self.config.initializer_range, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name=name)
+
+
+class SEWDForCTC(_Head):
+    """Frame logits ``[B, F, vocab_size]``; CTC loss from ``labels [B, U]`` (-100 / pad ignored)."""
+
+    @nn.compact
+    def __call__(self, input_values, attention_mask=None, labels=None, mask_time_indices=None,
+                 output_attentions=False, output_hidden_states=False, deterministic=True) -> out.CausalLMOutput:
+        cfg = self.config
+        if cfg.vocab_size is None:
+            raise ValueError("SEWDForCTC needs config.vocab_size (the size of the CTC vocabulary)")
+        o = self.body(input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
+                      deterministic)
+        x = nn.Dropout(cfg.final_dropout)(o.last_hidden_state, deterministic=deterministic)
+        logits = self.dense(cfg.vocab_size, ("embed", "vocab"), "lm_head")(x)
+        loss = None
+        if labels is not None:
+            samples = jnp.ones(jnp.shape(input_values), jnp.int32) if attention_mask is None else attention_mask
+            lengths = audio.feat_extract_output_lengths(cfg, jnp.sum(jnp.asarray(samples), -1), add_adapter=False)
+            loss = ctc_loss(logits, jnp.asarray(labels), lengths, blank_id=cfg.pad_token_id,
+                            reduction=cfg.ctc_loss_reduction, zero_infinity=cfg.ctc_zero_infinity)
+        return out.CausalLMOutput(loss=loss, logits=logits, hidden_states=o.hidden_states, attentions=o.attentions)
+
+
+class SEWDForSequenceClassification(_Head):
+    """Utterance logits ``[B, num_labels]``: projector, mean over unpadded frames, classifier."""
+
+    @nn.compact
+    def __call__(self, input_values, attention_mask=None, labels=None, output_attentions=False,
+                 output_hidden_states=False, deterministic=True) -> out.SequenceClassifierOutput:
+        cfg = self.config
+        o = self.body(input_values, attention_mask, None, output_attentions,
+                      output_hidden_states or cfg.use_weighted_layer_sum, deterministic)
+        if cfg.use_weighted_layer_sum:
+            n = cfg.num_hidden_layers + 1
+            weights = self.param("layer_weights", nn.with_logical_partitioning(
+                nn.initializers.constant(1.0 / n), ("layers",)), (n,), self.param_dtype)
+            stacked = jnp.stack(o.hidden_states, axis=1)
+            hidden = jnp.einsum("blfh,l->bfh", stacked, jax.nn.softmax(weights).astype(stacked.dtype))
+        else:
+            hidden = o.last_hidden_state
+        x = self.dense(cfg.classifier_proj_size, ("embed", "mlp"), "projector")(hidden)
+        if attention_mask is None:
+            pooled = x.mean(axis=1)
+        else:  # HF's mask over x's length (the squeezed one with a weighted layer sum)
+            keep = audio.frame_mask(cfg, jnp.asarray(attention_mask), x.shape[1], add_adapter=False)
+            pooled = jnp.where(keep[..., None], x, 0.0).sum(1) / keep.sum(1, keepdims=True).astype(x.dtype)
+        logits = self.dense(cfg.num_labels, ("mlp", "classes"), "classifier")(pooled)
+        loss = None
+        if labels is not None:
+            loss = losses.cross_entropy(logits.reshape(-1, cfg.num_labels), jnp.asarray(labels).reshape(-1))
+        return out.SequenceClassifierOutput(loss=loss, logits=logits,
+                                            hidden_states=o.hidden_states if output_hidden_states else None,
+                                            attentions=o.attentions)
+
+
+ARCHITECTURES = {cls.__name__: cls for cls in (SEWDModel, SEWDForCTC, SEWDForSequenceClassification)}
