@@ -80,20 +80,28 @@ def dot_product_attention(
         )
         return out, None
 
-    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) * jnp.asarray(scale, query.dtype)
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [B, H, L, D]: batched matmuls
+    scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2)) * jnp.asarray(scale, query.dtype)
     # Softmax statistics in at least float32 for half-precision inputs.
     scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
     if bias is not None:
         scores = scores + bias.astype(scores.dtype)
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(query.dtype)
+    if mask is not None:  # additive, as HF's eager path: a fully masked row attends uniformly
+        scores = scores + jnp.where(mask, jnp.zeros((), scores.dtype), jnp.finfo(scores.dtype).min)
+    weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+    denominator = weights.sum(axis=-1, keepdims=True)  # [B, H, Lq, 1]
+    if return_probs:
+        weights = weights / denominator
     if dropout_active:
         if dropout_rng is None:
             raise ValueError("attention dropout in training mode needs a dropout_rng")
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), jnp.zeros_like(probs))
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), jnp.zeros_like(weights))
     if head_mask is not None:
-        probs = probs * head_mask.astype(probs.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
-    return out, (probs if return_probs else None)
+        weights = weights * head_mask.astype(weights.dtype)
+    out = jnp.matmul(weights.astype(query.dtype), v)
+    if not return_probs:  # late normalisation: divide [B, H, Lq, D] instead of [B, H, Lq, Lk]
+        out = (out.astype(denominator.dtype) / denominator).astype(query.dtype)
+    out = jnp.swapaxes(out, 1, 2)
+    probs = weights.astype(query.dtype) if return_probs else None
+    return out, probs

@@ -12,9 +12,15 @@ import jax.numpy as jnp
 Dtype = jnp.dtype | type
 
 # HF activation names -> functions with the same numerics as transformers' ACT2FN.
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU with torch's formula ``x/2 (1 + erf(x / sqrt 2))`` (2x faster on CPU than
+    ``jax.nn.gelu(approximate=False)``, which goes through ``erfc``)."""
+    return x * 0.5 * (1.0 + jax.lax.erf(x * 0.7071067811865476))
+
+
 ACT2FN: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_python": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu": gelu,
+    "gelu_python": gelu,
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_fast": lambda x: 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
