@@ -137,7 +137,8 @@ def main(argv=None) -> dict:
             quiet = harness.wait_for_quiet(timeout_s=args.quiet_wait) if args.quiet_wait > 0 else None
             with harness.LoadMonitor() as monitor:
                 timings = harness.time_interleaved(
-                    {name: (lambda exe=exe, inputs=inputs: exe(*inputs)) for name, (exe, inputs, _, _) in compiled.items()},
+                    {name: (lambda exe=exe, inputs=inputs: exe(*inputs))
+                     for name, (exe, inputs, _, _) in compiled.items()},
                     repeats=repeats, warmup=args.warmup,
                     timing_kwargs={name: {"lower_s": lo, "compile_s": c} for name, (_, _, lo, c) in compiled.items()},
                 )

@@ -25,6 +25,10 @@ their projections): the gather has a custom VJP, a scatter-add with the (batch, 
 axis as the scatter window (reverse mode only: ``jax.jvp`` through the kernel is not
 supported).
 
+As in ``zoo.attention.dense``, q/k/v are used as ``[B, H, L, D]`` with batched matmuls, and
+without ``return_probs`` the softmax normalisation divides the ``[B, H, Lq, D]`` output
+rather than the ``[B, H, Lq, Lk]`` weights.
+
 Relative positions follow HF's ``build_relative_position`` / ``make_log_bucket_position``
 bit for bit; see :func:`make_log_bucket_position` for how the float32 ``log``/``ceil`` of
 PyTorch is reproduced without depending on XLA's ``log`` rounding.
@@ -99,10 +103,11 @@ def make_log_bucket_position(relative_pos, bucket_size: int, max_position: int) 
     log((max_position - 1) / mid) * (mid - 1)))`` with ``mid = bucket_size // 2``, evaluated
     as PyTorch does in float32. The float part depends only on the static
     ``(bucket_size, max_position)``, so it is tabulated once on the host as integer
-    thresholds (with a correctly rounded float32 ``log``, which is what PyTorch's CPU
-    kernel gives on every position below 3e5 for all settings we checked; XLA's faster
-    ``log`` differs by an ulp at positions such as ``max_position - 1`` and flips the
-    ``ceil``); ``relative_pos`` itself may be traced. Returns float32, like PyTorch.
+    thresholds, with a correctly rounded float32 ``log``. That reproduces PyTorch's CPU
+    result on every ``|r| < 340000`` for every (bucket_size in 4..512, max_position in
+    16..2048) pair we compared; XLA's own float32 ``log`` is off by an ulp at positions such
+    as ``max_position - 1`` for (128, 512), which flips the ``ceil``. ``relative_pos`` itself
+    may be traced. Returns float32, like PyTorch.
     """
     _check_buckets(bucket_size, max_position)
     mid = bucket_size // 2
@@ -254,8 +259,8 @@ def disentangled_attention(
     *,
     pos_key: Array | None = None,
     pos_query: Array | None = None,
-    relative_pos: Array,
-    att_span: int,
+    relative_pos: Array | None = None,
+    att_span: int | None = None,
     pos_att_type: tuple[str, ...] | list[str] = ("c2p", "p2c"),
     mask: Array | None = None,
     bias: Array | None = None,
@@ -275,11 +280,13 @@ def disentangled_attention(
       pos_query: ``[2 * att_span, H, D]``, projected by the query projection or
         ``pos_query_proj``; needed for ``"p2c"``. Extra rows beyond ``2 * att_span`` are
         ignored, as HF slices ``rel_embeddings[:2 * att_span]``.
-      relative_pos: int ``[Lq, Lk]`` (or ``[1, Lq, Lk]``), from :func:`build_relative_position`.
-      att_span: HF's ``pos_ebd_size``: ``position_buckets`` if > 0 else ``max_relative_positions``.
+      relative_pos: int ``[Lq, Lk]`` (or ``[1, Lq, Lk]``), from :func:`build_relative_position`;
+        needed when ``pos_att_type`` is not empty.
+      att_span: HF's ``pos_ebd_size``: ``position_buckets`` if > 0 else ``max_relative_positions``
+        (see :func:`relative_attention_span`); needed when ``pos_att_type`` is not empty.
       pos_att_type: any subset of ``("c2p", "p2c")``. ``"p2c"`` needs ``Lq == Lk`` (as in
         HF, where the p2c term is ``[Lk, Lk]`` and must add onto ``[Lq, Lk]`` scores).
-      mask: boolean, broadcastable to ``[B, H, Lq, Lk]``, True keeps (SEW-D: ``[B, 1, 1, Lk]``).
+      mask: broadcastable to ``[B, H, Lq, Lk]``, True (or non-zero) keeps (SEW-D: ``[B, 1, 1, Lk]``).
         As HF's ``XSoftmax``: masked scores -> dtype minimum before the softmax, masked
         probabilities -> 0 after it, so a fully masked row gives zeros (not uniform).
       bias: optional additive scores broadcastable to ``[B, H, Lq, Lk]`` (not used by HF).
@@ -301,15 +308,20 @@ def disentangled_attention(
     if key.shape != value.shape or query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
         raise ValueError(f"attention shapes disagree: query {query.shape}, key {key.shape}, value {value.shape}")
     if scale is not None:
-        raise ValueError("disentangled_attention fixes the scale to HF's sqrt(head_dim * scale_factor); pass scale=None")
+        raise ValueError(
+            "disentangled_attention fixes the scale to HF's sqrt(head_dim * scale_factor); pass scale=None"
+        )
     types = tuple(pos_att_type or ())
     unknown = [t for t in types if t not in POS_ATT_TYPES]
     if unknown:
         raise ValueError(f"pos_att_type entries must be among {POS_ATT_TYPES}, got {unknown}")
     use_c2p, use_p2c = "c2p" in types, "p2c" in types
-    att_span = int(att_span)
-    if (use_c2p or use_p2c) and att_span < 1:
-        raise ValueError(f"att_span must be >= 1, got {att_span}")
+    if use_c2p or use_p2c:
+        if att_span is None or int(att_span) < 1:
+            raise ValueError(f"pos_att_type {types} needs att_span >= 1, got {att_span}")
+        if relative_pos is None:
+            raise ValueError(f"pos_att_type {types} needs relative_pos (see build_relative_position)")
+        att_span = int(att_span)
 
     dropout_active = dropout_rate > 0.0 and not deterministic
     if dropout_active and dropout_rng is None:
@@ -331,43 +343,55 @@ def disentangled_attention(
     scale_factor = 1 + int(use_c2p) + int(use_p2c)
     # torch: sqrt(tensor(D, float32) * scale_factor), cast to the input dtype.
     scale_value = float(np.sqrt(np.float32(head_dim) * np.float32(scale_factor), dtype=np.float32))
-    inv_dtype = query.dtype
     acc = jnp.promote_types(query.dtype, jnp.float32)  # softmax statistics in >= float32
-    s = jnp.asarray(scale_value, inv_dtype)
+    s = jnp.asarray(scale_value, query.dtype)
 
+    # [B, H, L, D] and batched matmuls (einsums on [B, L, H, D] make XLA:CPU pick slower layouts)
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
     # HF: bmm(q, k^T / s)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key / s, preferred_element_type=acc)
+    scores = jnp.matmul(q, jnp.swapaxes(k / s, -1, -2), preferred_element_type=acc)
     if use_c2p or use_p2c:
         # HF divides the gathered [Lq, Lk] terms by s; dividing the [2 span, H, D] tables is the same
         # up to rounding and much cheaper.
         tables, indices = [], []
         if use_c2p:  # c2p[i, j] = (q_i . pos_key[clamp(rel[i, j] + span)]) / s
-            tables.append(jnp.einsum("bqhd,phd->bhqp", query, pk / s, preferred_element_type=acc))
+            tables.append(jnp.matmul(q, jnp.transpose(pk / s, (1, 2, 0)), preferred_element_type=acc))
             indices.append((jnp.clip(rel + att_span, 0, 2 * att_span - 1), "row"))
         if use_p2c:  # p2c[i, j] = (k_j . pos_query[clamp(-rel[j, i] + span)]) / s
-            tables.append(jnp.einsum("bkhd,phd->bhkp", key, pq / s, preferred_element_type=acc))
+            tables.append(jnp.matmul(k, jnp.transpose(pq / s, (1, 2, 0)), preferred_element_type=acc))
             indices.append((jnp.clip(-rel.T + att_span, 0, 2 * att_span - 1), "col"))
         scores = scores + _relative_scores(tables, indices)
     if bias is not None:
         scores = scores + bias.astype(acc)
 
+    # XSoftmax: masked scores -> dtype min, softmax, masked probabilities -> 0 (a fully masked
+    # row gives zeros). Unnormalised weights; the normalisation divides the [B, H, Lq, D]
+    # output instead of the [B, H, Lq, Lk] weights unless the probabilities are returned.
     if mask is not None:
         mask = jnp.asarray(mask)
         if mask.dtype != jnp.bool_:
             mask = mask != 0
         scores = jnp.where(mask, scores, jnp.finfo(acc).min)
-    probs = jax.nn.softmax(scores, axis=-1)
+    weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
     if mask is not None:
-        probs = jnp.where(mask, probs, jnp.zeros((), acc))
-    probs = probs.astype(value.dtype)
+        weights = jnp.where(mask, weights, jnp.zeros((), acc))
+    denominator = weights.sum(axis=-1, keepdims=True)  # [B, H, Lq, 1]
+    if mask is not None:  # fully masked rows: 0 / 1 instead of 0 / 0
+        denominator = jnp.where(denominator > 0, denominator, jnp.ones((), acc))
+    if return_probs:
+        weights = weights / denominator
 
     if dropout_active:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / jnp.asarray(1.0 - dropout_rate, probs.dtype), jnp.zeros((), probs.dtype))
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / jnp.asarray(1.0 - dropout_rate, acc), jnp.zeros((), acc))
     if head_mask is not None:
-        probs = probs * head_mask.astype(probs.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
-    return out, (probs if return_probs else None)
+        weights = weights * head_mask.astype(acc)
+    out = jnp.matmul(weights.astype(value.dtype), v, preferred_element_type=acc)
+    if not return_probs:
+        out = out / denominator
+    out = jnp.swapaxes(out.astype(value.dtype), 1, 2)
+    probs = weights.astype(value.dtype) if return_probs else None
+    return out, probs
 
 
 def relative_attention_span(position_buckets: int, max_relative_positions: int,
