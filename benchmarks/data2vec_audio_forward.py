@@ -22,13 +22,16 @@ goes:
   ``ceil(k/s)`` shifted matmuls (no patch copy);
 - ``im2col_first``: im2col for the 1-channel first conv only, XLA convs for the rest;
 - ``pos_im2col`` / ``pos_taps``: the grouped positional conv as a grouped im2col einsum,
-  or as a sum over the 19 taps of grouped einsums;
-- ``bhld_matmul`` / ``erf_gelu``: the attention and GELU variants of
-  ``benchmarks.data2vec_text_forward``.
+  or as a sum over the 19 taps of grouped einsums.
+
+(The attention kernel and GELU are the zoo's own: ``benchmarks.data2vec_text_forward``
+covers their variants.)
 
 ``--stages`` also times the model's stages alone in both frameworks (feature encoder,
 positional conv stack, one transformer layer), for the zoo and for every variant
-that touches the stage.
+that touches the stage; ``--conv-layers`` times each feature-encoder conv alone (XLA
+convolution, im2col, strided reshape, and a plain matmul on pre-built patches as the
+one-GEMM ceiling, vs torch ``conv1d`` and torch matmul).
 """
 
 from __future__ import annotations
@@ -221,10 +224,9 @@ def _patched(attr, factory):
 
 
 def _variants():
-    from benchmarks.data2vec_text_forward import _attention_bhld, _patched_gelu
-
     return {
-        # name -> (attention kernel or None, context manager active while tracing, or None, stage touched)
+        # name -> (attention kernel or None, context manager active while tracing or None,
+        #          stage it touches: feature_encoder / pos_conv / layer, None for every stage)
         "im2col": (None, functools.partial(_patched, "ConvLayer",
                                            lambda: _make_conv_layer(_conv_taps_im2col)), "feature_encoder"),
         "strided": (None, functools.partial(_patched, "ConvLayer",
@@ -235,12 +237,10 @@ def _variants():
                                                lambda: _make_pos_conv_layer(_grouped_conv_im2col)), "pos_conv"),
         "pos_taps": (None, functools.partial(_patched, "PositionalConvLayer",
                                              lambda: _make_pos_conv_layer(_grouped_conv_taps)), "pos_conv"),
-        "bhld_matmul": (_attention_bhld, None, "layer"),
-        "erf_gelu": (None, _patched_gelu, None),  # every stage
     }
 
 
-VARIANT_NAMES = ("im2col", "strided", "im2col_first", "pos_im2col", "pos_taps", "bhld_matmul", "erf_gelu")
+VARIANT_NAMES = ("im2col", "strided", "im2col_first", "pos_im2col", "pos_taps")
 
 
 # ----------------------------------------------------------------------- setup
@@ -380,6 +380,72 @@ def stage_benchmarks(zoo_config, params, hf_model, audio, variants, all_variants
     return rows
 
 
+def conv_layer_benchmarks(config, batch, samples, repeats, warmup, device):
+    """Each feature-encoder conv alone (no norm / activation), random data of the run's
+    shapes: XLA convolution (what ``nn.Conv`` emits), im2col, strided reshape, and a plain
+    matmul on pre-built im2col patches (the FLOP-rate ceiling of the conv as one GEMM), vs
+    torch ``conv1d`` and torch matmul on the same patches; interleaved."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    rng = np.random.default_rng(3)
+    dims = [1] + list(config.conv_dim)
+    length = samples
+    rows = []
+    sync = harness.torch_sync(device)
+    dev = "cuda" if device == "gpu" else "cpu"
+    for i, (k, s) in enumerate(zip(config.conv_kernel, config.conv_stride)):
+        c, o = dims[i], dims[i + 1]
+        frames = (length - k) // s + 1
+        x = rng.standard_normal((batch, length, c)).astype(np.float32)
+        w = (rng.standard_normal((k, c, o)) / np.sqrt(k * c)).astype(np.float32)
+        patches = np.concatenate([x[:, j: j + s * (frames - 1) + 1: s] for j in range(k)], -1)
+        patches = patches.reshape(batch * frames, k * c)
+        jx, jw, jp = jax.device_put(x), jax.device_put(w), jax.device_put(patches)
+        fns = {
+            "xla_conv": (lambda x, w, s=s: jax.lax.conv_general_dilated(
+                x, w, (s,), "VALID", dimension_numbers=("NWC", "WIO", "NWC")), (jx, jw)),
+            "im2col": (functools.partial(_conv_taps_im2col, stride=s), (jx, jw)),
+            "strided": (functools.partial(_conv_strided_reshape, stride=s), (jx, jw)),
+            "jax_matmul_on_patches": (lambda p, w: p @ w.reshape(-1, w.shape[-1]), (jp, jw)),
+        }
+        calls, outs = {}, {}
+        for name, (fn, a) in fns.items():
+            compiled, _, _ = harness.jax_compile(fn, *a)
+            calls[name] = functools.partial(compiled, *a)
+            outs[name] = np.asarray(calls[name]()).reshape(batch, frames, o)
+        tx = torch.from_numpy(x).transpose(1, 2).contiguous().to(dev)
+        tw = torch.from_numpy(w).permute(2, 1, 0).contiguous().to(dev)
+        tp, tw2 = torch.from_numpy(patches).to(dev), torch.from_numpy(w.reshape(k * c, o)).to(dev)
+        calls["torch_conv1d"] = harness.torch_callable(lambda tx=tx, tw=tw, s=s: torch.nn.functional.conv1d(tx, tw, stride=s))
+        calls["torch_matmul_on_patches"] = harness.torch_callable(lambda tp=tp, tw2=tw2: tp @ tw2)
+        ref = calls["torch_conv1d"]().transpose(1, 2).float().cpu().numpy()
+        timings = harness.time_interleaved(calls, repeats=repeats, warmup=warmup,
+                                           syncs={"torch_conv1d": sync, "torch_matmul_on_patches": sync})
+        gflop = 2 * batch * frames * k * c * o / 1e9
+        row = {"layer": i, "kernel": k, "stride": s, "in": [batch, length, c], "out": [batch, frames, o],
+               "gflop": gflop, "median_ms": {t.name: t.median_ms for t in timings},
+               "max_abs_diff_vs_torch_conv1d": {n: _max_diff(v, ref) for n, v in outs.items()}}
+        rows.append(row)
+        print(f"  conv {i} k{k} s{s} {c}->{o} [{batch},{length}]->{frames}: " + ", ".join(
+            f"{t.name} {t.median_ms:.1f} ms" for t in timings), flush=True)
+        length = frames
+    return rows
+
+
+def conv_layer_table(rows) -> str:
+    names = list(rows[0]["median_ms"])
+    lines = ["| conv | shape | GFLOP | " + " | ".join(f"{n} ms" for n in names) + " | xla_conv GFLOP/s |",
+             "|---|---|---:|" + "---:|" * len(names) + "---:|"]
+    for r in rows:
+        m = r["median_ms"]
+        lines.append(f"| {r['layer']} (k{r['kernel']} s{r['stride']}) | {r['in'][2]}x{r['in'][1]} -> "
+                     f"{r['out'][2]}x{r['out'][1]} | {r['gflop']:.2f} | "
+                     + " | ".join(f"{m[n]:.1f}" for n in names) + f" | {r['gflop'] / m['xla_conv'] * 1e3:.0f} |")
+    return "\n".join(lines)
+
+
 def stage_table(rows) -> str:
     lines = ["| stage | zoo implementation | jax median ms | torch median ms | torch / jax | max abs diff |",
              "|---|---|---:|---:|---:|---:|"]
@@ -404,6 +470,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--timing", choices=("interleaved", "sequential"), default="interleaved")
     parser.add_argument("--stages", action="store_true",
                         help="also time feature encoder / positional conv / one layer alone in both frameworks")
+    parser.add_argument("--conv-layers", action="store_true",
+                        help="also time each feature-encoder conv alone (XLA conv / im2col / matmul vs torch)")
     harness.add_common_args(parser, repeats=10, warmup=2)
     args = parser.parse_args(argv)
 
@@ -520,6 +588,12 @@ def main(argv=None) -> dict:
                                       variants, all_variants, args.repeats, args.warmup, device)
         stages_load = monitor.result
 
+    convs, convs_load = None, None
+    if args.conv_layers:
+        with harness.LoadMonitor() as monitor:
+            convs = conv_layer_benchmarks(module.config, args.batch, samples, args.repeats, args.warmup, device)
+        convs_load = monitor.result
+
     machine = harness.machine_info(device)
     by_name = {t.name: t for t in timings}
     ratios = {f"{name} / zoo": by_name[name].median_ms / by_name["zoo"].median_ms
@@ -541,6 +615,8 @@ def main(argv=None) -> dict:
         "load": load,
         "stages": stages,
         "stages_load": stages_load,
+        "conv_layers": convs,
+        "conv_layers_load": convs_load,
     }
     mask_note = (f"attention_mask on, row lengths {lengths.tolist()} samples "
                  f"({frame_lengths(hf_config, lengths).tolist()} frames)" if with_mask else "no attention_mask")
@@ -563,6 +639,9 @@ def main(argv=None) -> dict:
     if stages:
         md += ["Stages alone (jit vs HF torch modules of the sdpa model, same threads, interleaved):", "",
                stage_table(stages), "", harness.load_note(stages_load) or "", ""]
+    if convs:
+        md += ["Feature-encoder convs alone (no norm / activation; median ms, interleaved, batch shapes of the run):",
+               "", conv_layer_table(convs), "", harness.load_note(convs_load) or "", ""]
     md += [harness.environment_block(machine, threads, load)]
     markdown = "\n".join(md)
     print()
