@@ -418,7 +418,8 @@ def conv_layer_benchmarks(config, batch, samples, repeats, warmup, device):
         tx = torch.from_numpy(x).transpose(1, 2).contiguous().to(dev)
         tw = torch.from_numpy(w).permute(2, 1, 0).contiguous().to(dev)
         tp, tw2 = torch.from_numpy(patches).to(dev), torch.from_numpy(w.reshape(k * c, o)).to(dev)
-        calls["torch_conv1d"] = harness.torch_callable(lambda tx=tx, tw=tw, s=s: torch.nn.functional.conv1d(tx, tw, stride=s))
+        calls["torch_conv1d"] = harness.torch_callable(
+            lambda tx=tx, tw=tw, s=s: torch.nn.functional.conv1d(tx, tw, stride=s))
         calls["torch_matmul_on_patches"] = harness.torch_callable(lambda tp=tp, tw2=tw2: tp @ tw2)
         ref = calls["torch_conv1d"]().transpose(1, 2).float().cpu().numpy()
         timings = harness.time_interleaved(calls, repeats=repeats, warmup=warmup,
