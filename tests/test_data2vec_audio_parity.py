@@ -275,3 +275,19 @@ def test_frame_mask_matches_hf():
         ref = hf._get_feature_vector_attention_mask(79 if not adapter else 20, torch.from_numpy(mask), adapter)
         got = audio.frame_mask(hf.config, jnp.asarray(mask), 79 if not adapter else 20, adapter)
         assert np.array_equal(np.asarray(got), ref.numpy())
+
+
+def test_feed_forward_matches_hf():
+    """The shared wav2vec2-style FeedForward (intermediate_dense -> act -> output_dense)."""
+    from transformers.models.data2vec.modeling_data2vec_audio import Data2VecAudioFeedForward
+
+    cfg = hf_config(hidden_act="gelu_new")
+    torch.manual_seed(10)
+    ref_module = Data2VecAudioFeedForward(cfg).eval()
+    state = {k: v.detach().numpy() for k, v in ref_module.state_dict().items()}
+    hidden = np.random.RandomState(11).randn(2, 7, 32).astype(np.float32)
+    module = audio.FeedForward(cfg)
+    params = _convert(module, state, dict(x=jnp.asarray(hidden)))
+    with torch.no_grad():
+        ref = ref_module(torch.from_numpy(hidden))
+    assert max_diff(module.apply({"params": params}, jnp.asarray(hidden)), ref) <= 1e-5

@@ -19,7 +19,6 @@ from zoo import outputs as out
 from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import audio, losses
-from zoo.nn.ctc import ctc_loss
 from zoo.nn.layers import ACT2FN, Dense, normal_init, zeros_init
 from zoo.nn.spec_augment import apply_spec_augment
 
@@ -205,15 +204,10 @@ class _Head(nn.Module):
                      param_dtype=self.param_dtype, name=name)
 
     def layer_sum_or_last(self, o: out.Wav2Vec2BaseModelOutput) -> Array:
-        """``use_weighted_layer_sum``: softmax-weighted sum of all hidden states."""
-        cfg = self.config
-        if not cfg.use_weighted_layer_sum:
+        """``use_weighted_layer_sum``: softmax-weighted sum of all hidden states, else the last."""
+        if not self.config.use_weighted_layer_sum:
             return o.last_hidden_state
-        n = cfg.num_hidden_layers + 1
-        weights = self.param("layer_weights", nn.with_logical_partitioning(
-            nn.initializers.constant(1.0 / n), ("layers",)), (n,), self.param_dtype)
-        stacked = jnp.stack(o.hidden_states, axis=1)
-        return jnp.einsum("blfh,l->bfh", stacked, jax.nn.softmax(weights).astype(stacked.dtype))
+        return audio.weighted_layer_sum(self, self.config, o.hidden_states)
 
     def reject_adapter(self, head: str) -> None:
         if self.config.add_adapter:
@@ -235,17 +229,7 @@ class Data2VecAudioForCTC(_Head):
         logits = self.dense(cfg.vocab_size, ("embed", "vocab"), "lm_head")(x)
         loss = None
         if labels is not None:
-            labels = jnp.asarray(labels)
-            try:
-                too_large = int(labels.max()) >= cfg.vocab_size
-            except jax.errors.ConcretizationTypeError:  # traced under jit: cannot check
-                too_large = False
-            if too_large:
-                raise ValueError(f"Label values must be < vocab_size: {cfg.vocab_size}")
-            samples = jnp.ones(jnp.shape(input_values), jnp.int32) if attention_mask is None else attention_mask
-            lengths = audio.feat_extract_output_lengths(cfg, jnp.sum(jnp.asarray(samples), -1))
-            loss = ctc_loss(logits, labels, lengths, blank_id=cfg.pad_token_id,
-                            reduction=cfg.ctc_loss_reduction, zero_infinity=cfg.ctc_zero_infinity)
+            loss = audio.ctc_head_loss(cfg, logits, labels, input_values, attention_mask)
         return out.CausalLMOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
                                   attentions=o.attentions)
 
@@ -261,11 +245,7 @@ class Data2VecAudioForSequenceClassification(_Head):
         o = self.body(input_values, attention_mask, None, output_attentions,
                       output_hidden_states or cfg.use_weighted_layer_sum, deterministic)
         x = self.dense(cfg.classifier_proj_size, ("embed", "mlp"), "projector")(self.layer_sum_or_last(o))
-        if attention_mask is None:
-            pooled = x.mean(axis=1)
-        else:
-            keep = audio.frame_mask(cfg, jnp.asarray(attention_mask), x.shape[1])
-            pooled = jnp.where(keep[..., None], x, 0.0).sum(1) / keep.sum(1, keepdims=True).astype(x.dtype)
+        pooled = audio.masked_frame_mean(cfg, x, attention_mask)
         logits = self.dense(cfg.num_labels, ("mlp", "classes"), "classifier")(pooled)
         loss = None
         if labels is not None:

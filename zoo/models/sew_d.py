@@ -19,7 +19,6 @@ from zoo.attention.disentangled import build_relative_position, disentangled_att
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import audio, losses
 from zoo.nn.bert import BertIntermediate, BertResidualOutput
-from zoo.nn.ctc import ctc_loss
 from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation, zeros_init
 from zoo.nn.spec_augment import apply_spec_augment
 
@@ -393,10 +392,7 @@ class SEWDForCTC(_Head):
         logits = self.dense(cfg.vocab_size, ("embed", "vocab"), "lm_head")(x)
         loss = None
         if labels is not None:
-            samples = jnp.ones(jnp.shape(input_values), jnp.int32) if attention_mask is None else attention_mask
-            lengths = audio.feat_extract_output_lengths(cfg, jnp.sum(jnp.asarray(samples), -1), add_adapter=False)
-            loss = ctc_loss(logits, jnp.asarray(labels), lengths, blank_id=cfg.pad_token_id,
-                            reduction=cfg.ctc_loss_reduction, zero_infinity=cfg.ctc_zero_infinity)
+            loss = audio.ctc_head_loss(cfg, logits, labels, input_values, attention_mask)
         return out.CausalLMOutput(loss=loss, logits=logits, hidden_states=o.hidden_states, attentions=o.attentions)
 
 
@@ -409,20 +405,11 @@ class SEWDForSequenceClassification(_Head):
         cfg = self.config
         o = self.body(input_values, attention_mask, None, output_attentions,
                       output_hidden_states or cfg.use_weighted_layer_sum, deterministic)
-        if cfg.use_weighted_layer_sum:
-            n = cfg.num_hidden_layers + 1
-            weights = self.param("layer_weights", nn.with_logical_partitioning(
-                nn.initializers.constant(1.0 / n), ("layers",)), (n,), self.param_dtype)
-            stacked = jnp.stack(o.hidden_states, axis=1)
-            hidden = jnp.einsum("blfh,l->bfh", stacked, jax.nn.softmax(weights).astype(stacked.dtype))
-        else:
-            hidden = o.last_hidden_state
+        hidden = (audio.weighted_layer_sum(self, cfg, o.hidden_states) if cfg.use_weighted_layer_sum
+                  else o.last_hidden_state)
         x = self.dense(cfg.classifier_proj_size, ("embed", "mlp"), "projector")(hidden)
-        if attention_mask is None:
-            pooled = x.mean(axis=1)
-        else:  # HF's mask over x's length (the squeezed one with a weighted layer sum)
-            keep = audio.frame_mask(cfg, jnp.asarray(attention_mask), x.shape[1], add_adapter=False)
-            pooled = jnp.where(keep[..., None], x, 0.0).sum(1) / keep.sum(1, keepdims=True).astype(x.dtype)
+        # HF's frame mask spans x's length (the squeezed one with a weighted layer sum).
+        pooled = audio.masked_frame_mean(cfg, x, attention_mask)
         logits = self.dense(cfg.num_labels, ("mlp", "classes"), "classifier")(pooled)
         loss = None
         if labels is not None:

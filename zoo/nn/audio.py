@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from zoo.attention.dense import dot_product_attention
 from zoo.nn import masks
+from zoo.nn.ctc import ctc_loss
 from zoo.nn.layers import Dense, LayerNorm, activation, ones_init, zeros_init
 from zoo.nn.mha import MultiHeadAttention
 
@@ -328,3 +329,39 @@ class AdapterLayer(nn.Module):
                     padding=[(1, 1)], kernel_init=_conv_init(), bias_init=zeros_init(("conv_out",)),
                     dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
         return jax.nn.glu(y, axis=-1)
+
+
+# ------------------------------------------------------------ pieces of the audio heads
+def weighted_layer_sum(module: nn.Module, config, hidden_states: Sequence[Array]) -> Array:
+    """``use_weighted_layer_sum``: softmax(``layer_weights``)-weighted sum of all hidden states.
+
+    Creates the ``layer_weights [num_hidden_layers + 1]`` parameter on ``module`` (a head).
+    """
+    n = config.num_hidden_layers + 1
+    weights = module.param("layer_weights", nn.with_logical_partitioning(
+        nn.initializers.constant(1.0 / n), ("layers",)), (n,), module.param_dtype)
+    stacked = jnp.stack(hidden_states, axis=1)
+    return jnp.einsum("blfh,l->bfh", stacked, jax.nn.softmax(weights).astype(stacked.dtype))
+
+
+def masked_frame_mean(config, x: Array, attention_mask) -> Array:
+    """Mean of ``x [B, F, C]`` over the frames the sample-level ``attention_mask`` keeps."""
+    if attention_mask is None:
+        return x.mean(axis=1)
+    keep = frame_mask(config, jnp.asarray(attention_mask), x.shape[1])
+    return jnp.where(keep[..., None], x, 0.0).sum(1) / keep.sum(1, keepdims=True).astype(x.dtype)
+
+
+def ctc_head_loss(config, logits: Array, labels, input_values, attention_mask) -> Array:
+    """HF's CTC head loss: logit lengths from the sample mask, blank = ``pad_token_id``."""
+    labels = jnp.asarray(labels)
+    try:
+        too_large = int(labels.max()) >= config.vocab_size
+    except jax.errors.ConcretizationTypeError:  # traced under jit: cannot check
+        too_large = False
+    if too_large:
+        raise ValueError(f"Label values must be < vocab_size: {config.vocab_size}")
+    samples = jnp.ones(jnp.shape(input_values), jnp.int32) if attention_mask is None else attention_mask
+    lengths = feat_extract_output_lengths(config, jnp.sum(jnp.asarray(samples), -1))
+    return ctc_loss(logits, labels, lengths, blank_id=config.pad_token_id,
+                    reduction=config.ctc_loss_reduction, zero_infinity=config.ctc_zero_infinity)
