@@ -19,7 +19,8 @@ from zoo import outputs as out
 from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import audio, losses
-from zoo.nn.layers import ACT2FN, Dense, normal_init, zeros_init
+from zoo.nn.audio_heads import AudioHead, CTCHead, SequenceClassificationHead
+from zoo.nn.layers import ACT2FN, normal_init, zeros_init
 from zoo.nn.spec_augment import apply_spec_augment
 
 Array = jax.Array
@@ -181,14 +182,10 @@ class Data2VecAudioModel(nn.Module):
         return {"input_values": jnp.zeros((1, length * 4), jnp.float32)}
 
 
-class _Head(nn.Module):
-    """The ``data2vec_audio`` body plus helpers shared by the heads."""
+class _Head(AudioHead):
+    """The ``data2vec_audio`` body under the shared audio heads."""
 
-    config: Data2VecAudioConfig
     attention_fn: Callable = dot_product_attention
-    freeze_feature_encoder: bool = False
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     dummy_inputs = staticmethod(Data2VecAudioModel.dummy_inputs)
 
@@ -199,60 +196,13 @@ class _Head(nn.Module):
             input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
             deterministic)
 
-    def dense(self, features: int, axes, name: str) -> nn.Dense:
-        return Dense(features, axes, std=self.config.initializer_range, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name=name)
 
-    def layer_sum_or_last(self, o: out.Wav2Vec2BaseModelOutput) -> Array:
-        """``use_weighted_layer_sum``: softmax-weighted sum of all hidden states, else the last."""
-        if not self.config.use_weighted_layer_sum:
-            return o.last_hidden_state
-        return audio.weighted_layer_sum(self, self.config, o.hidden_states)
-
-    def reject_adapter(self, head: str) -> None:
-        if self.config.add_adapter:
-            raise ValueError(f"{head} does not support the adapter (config.add_adapter=True), as in HF")
+class Data2VecAudioForCTC(_Head, CTCHead):
+    pass
 
 
-class Data2VecAudioForCTC(_Head):
-    """Frame logits ``[B, F, vocab_size]``; CTC loss from ``labels [B, U]`` (-100 / pad ignored)."""
-
-    @nn.compact
-    def __call__(self, input_values, attention_mask=None, labels=None, mask_time_indices=None,
-                 output_attentions=False, output_hidden_states=False, deterministic=True) -> out.CausalLMOutput:
-        cfg = self.config
-        if cfg.vocab_size is None:
-            raise ValueError("Data2VecAudioForCTC needs config.vocab_size (the size of the CTC vocabulary)")
-        o = self.body(input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
-                      deterministic)
-        x = nn.Dropout(cfg.final_dropout)(o.last_hidden_state, deterministic=deterministic)
-        logits = self.dense(cfg.vocab_size, ("embed", "vocab"), "lm_head")(x)
-        loss = None
-        if labels is not None:
-            loss = audio.ctc_head_loss(cfg, logits, labels, input_values, attention_mask)
-        return out.CausalLMOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
-                                  attentions=o.attentions)
-
-
-class Data2VecAudioForSequenceClassification(_Head):
-    """Utterance logits ``[B, num_labels]``: projector, mean over unpadded frames, classifier."""
-
-    @nn.compact
-    def __call__(self, input_values, attention_mask=None, labels=None, output_attentions=False,
-                 output_hidden_states=False, deterministic=True) -> out.SequenceClassifierOutput:
-        cfg = self.config
-        self.reject_adapter("Sequence classification")
-        o = self.body(input_values, attention_mask, None, output_attentions,
-                      output_hidden_states or cfg.use_weighted_layer_sum, deterministic)
-        x = self.dense(cfg.classifier_proj_size, ("embed", "mlp"), "projector")(self.layer_sum_or_last(o))
-        pooled = audio.masked_frame_mean(cfg, x, attention_mask)
-        logits = self.dense(cfg.num_labels, ("mlp", "classes"), "classifier")(pooled)
-        loss = None
-        if labels is not None:
-            loss = losses.cross_entropy(logits.reshape(-1, cfg.num_labels), jnp.asarray(labels).reshape(-1))
-        return out.SequenceClassifierOutput(loss=loss, logits=logits,
-                                            hidden_states=o.hidden_states if output_hidden_states else None,
-                                            attentions=o.attentions)
+class Data2VecAudioForSequenceClassification(_Head, SequenceClassificationHead):
+    pass
 
 
 class Data2VecAudioForAudioFrameClassification(_Head):
@@ -265,7 +215,7 @@ class Data2VecAudioForAudioFrameClassification(_Head):
         self.reject_adapter("Audio frame classification")
         o = self.body(input_values, attention_mask, None, output_attentions,
                       output_hidden_states or cfg.use_weighted_layer_sum, deterministic)
-        logits = self.dense(cfg.num_labels, ("embed", "classes"), "classifier")(self.layer_sum_or_last(o))
+        logits = self.dense(cfg.num_labels, ("embed", "classes"), "classifier")(self.features(o))
         loss = None
         if labels is not None:
             targets = jnp.argmax(jnp.asarray(labels).reshape(-1, cfg.num_labels), axis=1)
@@ -320,7 +270,7 @@ class Data2VecAudioForXVector(_Head):
         cfg = self.config
         o = self.body(input_values, attention_mask, None, output_attentions,
                       output_hidden_states or cfg.use_weighted_layer_sum, deterministic)
-        x = self.dense(cfg.tdnn_dim[0], ("embed", "mlp"), "projector")(self.layer_sum_or_last(o))
+        x = self.dense(cfg.tdnn_dim[0], ("embed", "mlp"), "projector")(self.features(o))
         dims = list(cfg.tdnn_dim)
         for i, (dim, k, d) in enumerate(zip(dims, cfg.tdnn_kernel, cfg.tdnn_dilation)):
             x = TDNNLayer(dims[i - 1] if i else dims[0], dim, k, d, cfg.initializer_range, self.dtype,

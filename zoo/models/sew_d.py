@@ -17,8 +17,9 @@ from converters.mapping import KeyTable
 from zoo import outputs as out
 from zoo.attention.disentangled import build_relative_position, disentangled_attention
 from zoo.config import ZooConfig, config_dataclass
-from zoo.nn import audio, losses
+from zoo.nn import audio
 from zoo.nn.bert import BertIntermediate, BertResidualOutput
+from zoo.nn.audio_heads import AudioHead, CTCHead, SequenceClassificationHead
 from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation, zeros_init
 from zoo.nn.spec_augment import apply_spec_augment
 
@@ -359,11 +360,8 @@ class SEWDModel(nn.Module):
         return {"input_values": jnp.zeros((1, (length + 4) * 2 * config.squeeze_factor), jnp.float32)}
 
 
-class _Head(nn.Module):
-    config: SEWDConfig
-    freeze_feature_encoder: bool = False
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+class _Head(AudioHead):
+    """The ``sew_d`` body under the shared audio heads."""
 
     dummy_inputs = staticmethod(SEWDModel.dummy_inputs)
 
@@ -372,51 +370,13 @@ class _Head(nn.Module):
         return SEWDModel(self.config, self.freeze_feature_encoder, self.dtype, self.param_dtype, name="sew_d")(
             input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states, deterministic)
 
-    def dense(self, features: int, axes, name: str) -> nn.Dense:
-        return Dense(features, axes, std=self.config.initializer_range, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name=name)
+
+class SEWDForCTC(_Head, CTCHead):
+    pass
 
 
-class SEWDForCTC(_Head):
-    """Frame logits ``[B, F, vocab_size]``; CTC loss from ``labels [B, U]`` (-100 / pad ignored)."""
-
-    @nn.compact
-    def __call__(self, input_values, attention_mask=None, labels=None, mask_time_indices=None,
-                 output_attentions=False, output_hidden_states=False, deterministic=True) -> out.CausalLMOutput:
-        cfg = self.config
-        if cfg.vocab_size is None:
-            raise ValueError("SEWDForCTC needs config.vocab_size (the size of the CTC vocabulary)")
-        o = self.body(input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
-                      deterministic)
-        x = nn.Dropout(cfg.final_dropout)(o.last_hidden_state, deterministic=deterministic)
-        logits = self.dense(cfg.vocab_size, ("embed", "vocab"), "lm_head")(x)
-        loss = None
-        if labels is not None:
-            loss = audio.ctc_head_loss(cfg, logits, labels, input_values, attention_mask)
-        return out.CausalLMOutput(loss=loss, logits=logits, hidden_states=o.hidden_states, attentions=o.attentions)
-
-
-class SEWDForSequenceClassification(_Head):
-    """Utterance logits ``[B, num_labels]``: projector, mean over unpadded frames, classifier."""
-
-    @nn.compact
-    def __call__(self, input_values, attention_mask=None, labels=None, output_attentions=False,
-                 output_hidden_states=False, deterministic=True) -> out.SequenceClassifierOutput:
-        cfg = self.config
-        o = self.body(input_values, attention_mask, None, output_attentions,
-                      output_hidden_states or cfg.use_weighted_layer_sum, deterministic)
-        hidden = (audio.weighted_layer_sum(self, cfg, o.hidden_states) if cfg.use_weighted_layer_sum
-                  else o.last_hidden_state)
-        x = self.dense(cfg.classifier_proj_size, ("embed", "mlp"), "projector")(hidden)
-        # HF's frame mask spans x's length (the squeezed one with a weighted layer sum).
-        pooled = audio.masked_frame_mean(cfg, x, attention_mask)
-        logits = self.dense(cfg.num_labels, ("mlp", "classes"), "classifier")(pooled)
-        loss = None
-        if labels is not None:
-            loss = losses.cross_entropy(logits.reshape(-1, cfg.num_labels), jnp.asarray(labels).reshape(-1))
-        return out.SequenceClassifierOutput(loss=loss, logits=logits,
-                                            hidden_states=o.hidden_states if output_hidden_states else None,
-                                            attentions=o.attentions)
+class SEWDForSequenceClassification(_Head, SequenceClassificationHead):
+    pass
 
 
 ARCHITECTURES = {cls.__name__: cls for cls in (SEWDModel, SEWDForCTC, SEWDForSequenceClassification)}
