@@ -17,8 +17,14 @@ from converters.mapping import KeyTable
 from zoo import outputs as out
 from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
-from zoo.nn import losses, masks
-from zoo.nn.bert import BertEncoder, BertPooler, expand_head_mask
+from zoo.nn import losses
+from zoo.nn.bert import (
+    BertEncoder,
+    BertPooler,
+    cross_attention_inputs,
+    expand_head_mask,
+    self_attention_setup,
+)
 from zoo.nn.kv_cache import KVCache
 from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation
 
@@ -181,30 +187,10 @@ class Data2VecTextModel(nn.Module):
         batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
 
         use_cache = cfg.use_cache if use_cache is None else use_cache
-        if past_key_values is not None and not cfg.is_decoder:
-            raise ValueError("past_key_values needs a decoder: set is_decoder=True in the config")
-        cache = past_key_values
-        if cfg.is_decoder and use_cache and cache is None:
-            cache = self.init_cache(batch, length)
-        past_length = 0 if cache is None else cache.length
-        query_positions = jnp.arange(length) + past_length
-        key_length = length if cache is None else cache.max_length
-
-        if attention_mask is not None:
-            attention_mask = jnp.asarray(attention_mask)
-            if attention_mask.shape != (batch, key_length):
-                raise ValueError(f"attention_mask must have shape {(batch, key_length)} "
-                                 f"(batch, {'cache max_length' if cache is not None else 'length'}), "
-                                 f"got {attention_mask.shape}")
-        mask = masks.padding_mask(attention_mask, length)
-        if cfg.is_decoder:
-            mask = masks.combine(mask, masks.causal_mask(query_positions, key_length))
-
-        encoder_mask = None
-        if encoder_hidden_states is not None:
-            encoder_hidden_states = jnp.asarray(encoder_hidden_states)
-            if encoder_attention_mask is not None:
-                encoder_mask = masks.padding_mask(jnp.asarray(encoder_attention_mask), length)
+        cache, past_length, query_positions, mask = self_attention_setup(
+            cfg, attention_mask, batch, length, past_key_values, use_cache, self.dtype)
+        encoder_hidden_states, encoder_mask = cross_attention_inputs(
+            encoder_hidden_states, encoder_attention_mask, length)
 
         x = Data2VecTextEmbeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(
             input_ids, token_type_ids, position_ids, inputs_embeds, past_length, deterministic

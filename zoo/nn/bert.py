@@ -6,7 +6,12 @@ The config is duck-typed: any family config with the BERT field names works
 (``hidden_size``, ``num_attention_heads``, ``intermediate_size``, ``hidden_act``,
 ``hidden_dropout_prob``, ``attention_probs_dropout_prob``, ``layer_norm_eps``,
 ``initializer_range``, ``is_decoder``, ``add_cross_attention``,
-``position_embedding_type``, ``max_position_embeddings``).
+``position_embedding_type``, ``max_position_embeddings``; optionally ``use_bias`` for the
+query/key/value projections).
+
+Kernels that draw random numbers (BigBird's block-sparse attention) declare an
+``rng_stream`` attribute; the self-attention then passes them ``rng`` (a key of that
+stream in training, ``None`` when deterministic) and ``layer`` (the index in ``layer_N``).
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zoo.attention.block_sparse import layer_index
 from zoo.attention.dense import dot_product_attention
-from zoo.nn import kv_cache
+from zoo.nn import kv_cache, masks
 from zoo.nn.layers import Dense, Embed, LayerNorm, activation
 
 Array = jax.Array
@@ -57,7 +63,7 @@ class BertSelfAttention(nn.Module):
         head_dim = cfg.hidden_size // heads
         dense = lambda name: Dense(
             heads * head_dim, ("embed", "heads"), std=cfg.initializer_range,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+            use_bias=getattr(cfg, "use_bias", True), dtype=self.dtype, param_dtype=self.param_dtype, name=name,
         )
         split = lambda x: x.reshape(*x.shape[:-1], heads, head_dim)
         kv_input = hidden_states if key_value_states is None else key_value_states
@@ -91,11 +97,16 @@ class BertSelfAttention(nn.Module):
         dropout_rng = None
         if not deterministic and cfg.attention_probs_dropout_prob > 0:
             dropout_rng = self.make_rng("dropout")
+        kernel_kwargs = {}
+        rng_stream = getattr(self.attention_fn, "rng_stream", None)
+        if rng_stream is not None:
+            kernel_kwargs = dict(rng=None if deterministic else self.make_rng(rng_stream),
+                                 layer=layer_index(self.scope.path))
         out, probs = self.attention_fn(
             query, key, value,
             mask=mask, bias=bias, head_mask=head_mask, scale=scale,
             dropout_rate=cfg.attention_probs_dropout_prob, dropout_rng=dropout_rng,
-            deterministic=deterministic, return_probs=output_attentions,
+            deterministic=deterministic, return_probs=output_attentions, **kernel_kwargs,
         )
         out = out.reshape(*out.shape[:-2], heads * head_dim)
         return out, probs, new_cache
@@ -285,3 +296,82 @@ class BertPooler(nn.Module):
         x = Dense(cfg.hidden_size, ("embed", "embed_out"), std=cfg.initializer_range,
                   dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(hidden_states[:, 0])
         return jnp.tanh(x)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    """dense -> hidden_act -> LayerNorm (HF's ``BertPredictionHeadTransform``)."""
+
+    config: Any
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: Array) -> Array:
+        cfg = self.config
+        x = Dense(cfg.hidden_size, ("embed", "embed_out"), std=cfg.initializer_range,
+                  dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(hidden_states)
+        x = activation(cfg.hidden_act)(x)
+        return LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name="LayerNorm")(x)
+
+
+class BertLMPredictionHead(nn.Module):
+    """``transform`` -> ``decoder`` (tied to the word embeddings when given) + ``bias``."""
+
+    config: Any
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: Array, shared_embedding: Array | None) -> Array:
+        cfg = self.config
+        x = BertPredictionHeadTransform(cfg, self.dtype, self.param_dtype, name="transform")(hidden_states)
+        if shared_embedding is not None:
+            logits = x @ shared_embedding.astype(self.dtype).T
+        else:
+            logits = Dense(cfg.vocab_size, ("embed", "vocab"), std=cfg.initializer_range, use_bias=False,
+                           dtype=self.dtype, param_dtype=self.param_dtype, name="decoder")(x)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+                          (cfg.vocab_size,), self.param_dtype)
+        return logits + bias.astype(self.dtype)
+
+
+def self_attention_setup(config: Any, attention_mask: Array | None, batch: int, length: int,
+                         past_key_values: kv_cache.KVCache | None, use_cache: bool | None,
+                         cache_dtype=jnp.float32):
+    """Cache, past length, query positions and the ``[B, 1, Lq, Lk]`` mask of a BERT stack.
+
+    Decoders (``config.is_decoder``) get a causal mask and, with ``use_cache``, a fresh
+    fixed-size cache of ``length`` positions unless ``past_key_values`` is given; then
+    ``attention_mask`` spans the cache's ``max_length``.
+    """
+    use_cache = config.use_cache if use_cache is None else use_cache
+    if past_key_values is not None and not config.is_decoder:
+        raise ValueError("past_key_values needs a decoder: set is_decoder=True in the config")
+    cache = past_key_values
+    if config.is_decoder and use_cache and cache is None:
+        cache = kv_cache.KVCache.create(config.num_hidden_layers, batch, length, config.num_attention_heads,
+                                        config.hidden_size // config.num_attention_heads, cache_dtype)
+    past_length = 0 if cache is None else cache.length
+    query_positions = jnp.arange(length) + past_length
+    key_length = length if cache is None else cache.max_length
+    if attention_mask is not None:
+        attention_mask = jnp.asarray(attention_mask)
+        if attention_mask.shape != (batch, key_length):
+            raise ValueError(f"attention_mask must have shape {(batch, key_length)} "
+                             f"(batch, {'cache max_length' if cache is not None else 'length'}), "
+                             f"got {attention_mask.shape}")
+    mask = masks.padding_mask(attention_mask, length)
+    if config.is_decoder:
+        mask = masks.combine(mask, masks.causal_mask(query_positions, key_length))
+    return cache, past_length, query_positions, mask
+
+
+def cross_attention_inputs(encoder_hidden_states, encoder_attention_mask, length: int):
+    """``(encoder_hidden_states, [B, 1, Lq, Lenc] mask or None)`` as arrays."""
+    if encoder_hidden_states is None:
+        return None, None
+    mask = None
+    if encoder_attention_mask is not None:
+        mask = masks.padding_mask(jnp.asarray(encoder_attention_mask), length)
+    return jnp.asarray(encoder_hidden_states), mask
