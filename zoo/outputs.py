@@ -109,3 +109,22 @@ class XVectorOutput(ModelOutput):
     embeddings: Array = None
     hidden_states: tuple | None = None
     attentions: tuple | None = None
+
+
+@flax.struct.dataclass
+class BigBirdForPreTrainingOutput(ModelOutput):
+    loss: Array = None
+    prediction_logits: Array = None
+    seq_relationship_logits: Array = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
+@flax.struct.dataclass
+class BigBirdForQuestionAnsweringModelOutput(ModelOutput):
+    loss: Array = None
+    start_logits: Array = None
+    end_logits: Array = None
+    pooler_output: Array = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,25 +74,28 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
     return tree
 
 
-def _dummy_inputs(module: nn.Module) -> dict:
-    return type(module).dummy_inputs(module.config)
+def _init(module: nn.Module, rng: jax.Array) -> dict:
+    """``module.init`` on its dummy inputs (their warnings, e.g. about short inputs, muted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return module.init(rng, **type(module).dummy_inputs(module.config))
 
 
 def param_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     """Flax path -> shape of every parameter, without allocating anything."""
-    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), **_dummy_inputs(module)))
+    abstract = jax.eval_shape(lambda: _init(module, jax.random.key(0)))
     return {p: tuple(v.shape) for p, v in flatten(nn.unbox(abstract)["params"]).items()}
 
 
 def init_params(module: nn.Module, rng: jax.Array | int = 0) -> dict:
     """Random parameters (HF's initialisers), unboxed."""
     rng = jax.random.key(rng) if isinstance(rng, int) else rng
-    return nn.unbox(module.init(rng, **_dummy_inputs(module)))["params"]
+    return nn.unbox(_init(module, rng))["params"]
 
 
 def logical_axes(module: nn.Module) -> dict:
     """The logical axis names of every parameter (a ``PartitionSpec`` tree)."""
-    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), **_dummy_inputs(module)))
+    abstract = jax.eval_shape(lambda: _init(module, jax.random.key(0)))
     return nn.get_partition_spec(abstract)["params"]
 
 

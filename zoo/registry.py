@@ -6,7 +6,7 @@ import dataclasses
 
 from converters.mapping import KeyTable
 from zoo.config import ZooConfig
-from zoo.models import data2vec_audio, data2vec_text, sew_d
+from zoo.models import big_bird, data2vec_audio, data2vec_text, sew_d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,13 @@ FAMILIES: dict[str, Family] = {
         architectures=data2vec_audio.ARCHITECTURES,
         key_table=data2vec_audio.KEY_TABLE,
         base_architecture="Data2VecAudioModel",
+    ),
+    "big_bird": Family(
+        model_type="big_bird",
+        config_class=big_bird.BigBirdConfig,
+        architectures=big_bird.ARCHITECTURES,
+        key_table=big_bird.KEY_TABLE,
+        base_architecture="BigBirdModel",
     ),
     "sew-d": Family(
         model_type="sew-d",

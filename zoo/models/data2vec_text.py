@@ -19,6 +19,7 @@ from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import losses
 from zoo.nn.bert import (
+    BertClassificationHead,
     BertEncoder,
     BertPooler,
     cross_attention_inputs,
@@ -330,32 +331,14 @@ class Data2VecTextForSequenceClassification(_Head):
         o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                         deterministic=deterministic)
-        logits = Data2VecTextClassificationHead(cfg, self.classifier_dropout, self.dtype, self.param_dtype,
-                                                name="classifier")(o.last_hidden_state, deterministic)
+        logits = BertClassificationHead(cfg, self.classifier_dropout, "tanh", self.dtype, self.param_dtype,
+                                       name="classifier")(o.last_hidden_state, deterministic)
         loss = None
         if labels is not None:
             loss = losses.sequence_classification_loss(logits, jnp.asarray(labels), cfg.num_labels,
                                                        cfg.problem_type)
         return out.SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
                                             attentions=o.attentions)
-
-
-class Data2VecTextClassificationHead(nn.Module):
-    """First token -> dropout -> dense -> tanh -> dropout -> out_proj."""
-
-    config: Data2VecTextConfig
-    dropout: float
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, hidden_states: Array, deterministic: bool = True) -> Array:
-        cfg = self.config
-        kw = dict(std=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
-        x = nn.Dropout(self.dropout)(hidden_states[:, 0], deterministic=deterministic)
-        x = jnp.tanh(Dense(cfg.hidden_size, ("embed", "embed_out"), name="dense", **kw)(x))
-        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-        return Dense(cfg.num_labels, ("embed_out", "classes"), name="out_proj", **kw)(x)
 
 
 class Data2VecTextForTokenClassification(_Head):

@@ -375,3 +375,43 @@ def cross_attention_inputs(encoder_hidden_states, encoder_attention_mask, length
     if encoder_attention_mask is not None:
         mask = masks.padding_mask(jnp.asarray(encoder_attention_mask), length)
     return jnp.asarray(encoder_hidden_states), mask
+
+
+class BertClassificationHead(nn.Module):
+    """First token -> dropout -> dense -> ``act`` -> dropout -> out_proj (RoBERTa-style heads)."""
+
+    config: Any
+    dropout: float
+    act: str = "tanh"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: Array, deterministic: bool = True) -> Array:
+        cfg = self.config
+        kw = dict(std=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.Dropout(self.dropout)(hidden_states[:, 0], deterministic=deterministic)
+        x = activation(self.act)(Dense(cfg.hidden_size, ("embed", "embed_out"), name="dense", **kw)(x))
+        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        return Dense(cfg.num_labels, ("embed_out", "classes"), name="out_proj", **kw)(x)
+
+
+class BertPreTrainingHeads(nn.Module):
+    """``predictions`` (masked-LM logits) and, with ``next_sentence``, ``seq_relationship``."""
+
+    config: Any
+    next_sentence: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, sequence_output: Array, shared_embedding: Array | None,
+                 pooled_output: Array | None = None):
+        cfg = self.config
+        logits = BertLMPredictionHead(cfg, self.dtype, self.param_dtype, name="predictions")(
+            sequence_output, shared_embedding)
+        if not self.next_sentence:
+            return logits
+        seq_relationship = Dense(2, ("embed", "classes"), std=cfg.initializer_range, dtype=self.dtype,
+                                 param_dtype=self.param_dtype, name="seq_relationship")(pooled_output)
+        return logits, seq_relationship

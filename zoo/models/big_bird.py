@@ -1,0 +1,533 @@
+"""BigBird: a BERT encoder with block-sparse attention for long sequences, with every HF head.
+
+``attention_type="block_sparse"`` runs :mod:`zoo.attention.block_sparse` when the sequence
+is long enough (more than ``(5 + 2 * num_random_blocks) * block_size`` tokens), padding it
+to a multiple of ``block_size`` and removing the padding again, as HF does. Shorter
+sequences, ``attention_type="original_full"`` and decoders use dense attention.
+
+Random blocks: in training (``deterministic=False``) each layer draws its own blocks, per
+head, from the ``"random_blocks"`` rng stream (``rngs={"random_blocks": key, ...}``). At
+inference they are all 0, as in HF; ``inference_random_seed=N`` gives a fixed random plan
+instead (per layer, from ``PRNGKey(N)``).
+
+Outputs are cut back to the input length: ``last_hidden_state``, every entry of
+``hidden_states`` ``[B, L, hidden]`` and ``attentions`` ``[B, H, L, L]`` (HF returns the
+block-padded length for some of them; the values agree on the first ``L`` positions).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from converters.mapping import KeyTable
+from zoo import outputs as out
+from zoo.attention.block_sparse import BigBirdBlockSparse
+from zoo.attention.dense import dot_product_attention
+from zoo.config import ZooConfig, config_dataclass
+from zoo.nn import losses
+from zoo.nn.bert import (
+    BertClassificationHead,
+    BertEncoder,
+    BertIntermediate,
+    BertPreTrainingHeads,
+    BertResidualOutput,
+    cross_attention_inputs,
+    self_attention_setup,
+)
+from zoo.nn.kv_cache import KVCache
+from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm
+
+Array = jax.Array
+
+
+@config_dataclass
+class BigBirdConfig(ZooConfig):
+    """HF ``BigBirdConfig``."""
+
+    model_type = "big_bird"
+    position_embedding_type = "absolute"  # not an HF field; the shared BERT stack reads it
+
+    vocab_size: int = 50358
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu_new"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 4096
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    use_cache: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple[int, ...] | None = 2
+    sep_token_id: int | None = 66
+    attention_type: str = "block_sparse"
+    use_bias: bool = True
+    rescale_embeddings: bool = False
+    block_size: int = 64
+    num_random_blocks: int = 3
+    classifier_dropout: float | None = None
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    tie_word_embeddings: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        self._require_choice("attention_type", {"block_sparse", "original_full"})
+        self._require_choice("hidden_act", set(ACT2FN))
+        if self.hidden_size % self.num_attention_heads:
+            self._unsupported("hidden_size", self.hidden_size,
+                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        if self.add_cross_attention and not self.is_decoder:
+            self._unsupported("add_cross_attention", True, "cross-attention needs is_decoder=True (as in HF)")
+        if self.block_size < 1:
+            self._unsupported("block_size", self.block_size, "must be positive")
+        if self.num_random_blocks < 0:
+            self._unsupported("num_random_blocks", self.num_random_blocks, "must be >= 0")
+        if self.pad_token_id is None:
+            self._unsupported("pad_token_id", None, "block padding fills with the padding token")
+
+    @property
+    def max_tokens_to_attend(self) -> int:
+        """Sequences up to this length fall back to full attention (HF's rule)."""
+        return (5 + 2 * self.num_random_blocks) * self.block_size
+
+
+KEY_TABLE = KeyTable(
+    base_model_prefix="bert",
+    aliases=(
+        ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
+        ("cls.predictions.decoder.bias", "cls.predictions.bias"),
+    ),
+    ignore_unused=(r"embeddings\.position_ids$", r"embeddings\.token_type_ids$"),
+    init_if_missing=(r"^(bert/)?pooler/", r"^classifier/", r"^qa_classifier/", r"^cls/"),
+)
+
+
+def init_cache(config: BigBirdConfig, batch_size: int, max_length: int, dtype=jnp.float32) -> KVCache:
+    return KVCache.create(config.num_hidden_layers, batch_size, max_length, config.num_attention_heads,
+                          config.hidden_size // config.num_attention_heads, dtype)
+
+
+def uses_block_sparse(config: BigBirdConfig, length: int) -> bool:
+    """Whether a sequence of ``length`` tokens runs block-sparse (else dense) attention."""
+    if config.attention_type != "block_sparse":
+        return False
+    if config.is_decoder:
+        warnings.warn("BigBird decoders use full (causal) attention: HF's block-sparse decoder would "
+                      "attend to future tokens", stacklevel=3)
+        return False
+    if length <= config.max_tokens_to_attend:
+        warnings.warn(
+            f"block-sparse attention needs more than (5 + 2 * num_random_blocks) * block_size = "
+            f"{config.max_tokens_to_attend} tokens; a sequence of {length} uses full attention (as HF)",
+            stacklevel=3)
+        return False
+    return True
+
+
+def _as_int(x, name: str, ndim: int) -> Array | None:
+    if x is None:
+        return None
+    x = jnp.asarray(x)
+    if x.ndim != ndim or not jnp.issubdtype(x.dtype, jnp.integer):
+        raise ValueError(f"{name} must be an integer array of rank {ndim}, got shape {x.shape} dtype {x.dtype}")
+    return x
+
+
+def _pad_right(x: Array | None, pad: int, value) -> Array | None:
+    if x is None or pad == 0:
+        return x
+    return jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2), constant_values=value)
+
+
+class BigBirdEmbeddings(nn.Module):
+    """word (x sqrt(hidden) if ``rescale_embeddings``) + token type + position; dropout; LayerNorm."""
+
+    config: BigBirdConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, inputs_embeds, past_length=0,
+                 deterministic: bool = True) -> Array:
+        cfg = self.config
+        kw = dict(std=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
+        word = Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), name="word_embeddings", **kw)
+        position = Embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"),
+                         name="position_embeddings", **kw)
+        token_type = Embed(cfg.type_vocab_size, cfg.hidden_size, (None, "embed"),
+                           name="token_type_embeddings", **kw)
+        if inputs_embeds is None:
+            inputs_embeds = word(input_ids)
+        else:
+            word(jnp.zeros((1, 1), jnp.int32))  # keep the table in the parameter tree
+        batch, length = inputs_embeds.shape[:2]
+        if position_ids is None:
+            position_ids = (jnp.arange(length) + past_length)[None]
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros((batch, length), jnp.int32)
+        x = inputs_embeds.astype(self.dtype)
+        if cfg.rescale_embeddings:
+            x = x * cfg.hidden_size**0.5
+        x = x + token_type(token_type_ids) + position(position_ids)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="LayerNorm")(x)
+
+
+class BigBirdModel(nn.Module):
+    """The bare encoder (decoder when ``is_decoder``): ``[B, L]`` ids -> ``[B, L, hidden]``.
+
+    Decoding: ``past_key_values=model.init_cache(batch, max_length)`` gives a fixed-size
+    cache (one compilation for every step); ``attention_mask`` then spans ``max_length``.
+    """
+
+    config: BigBirdConfig
+    add_pooling_layer: bool = True
+    attention_fn: Callable = dot_product_attention
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    inference_random_seed: int | None = None
+    block_sparse_dropout: bool = False  # HF's block-sparse layer has no attention dropout
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+        return init_cache(self.config, batch_size, max_length, dtype or self.dtype)
+
+    def block_sparse_kernel(self) -> BigBirdBlockSparse:
+        cfg = self.config
+        return BigBirdBlockSparse(cfg.block_size, cfg.num_random_blocks, cfg.max_position_embeddings,
+                                  self.inference_random_seed, self.block_sparse_dropout)
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        deterministic: bool = True,
+    ) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
+        cfg = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        input_ids = _as_int(input_ids, "input_ids", 2)
+        token_type_ids = _as_int(token_type_ids, "token_type_ids", 2)
+        position_ids = _as_int(position_ids, "position_ids", 2)
+        if inputs_embeds is not None:
+            inputs_embeds = jnp.asarray(inputs_embeds)
+            if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != cfg.hidden_size:
+                raise ValueError(f"inputs_embeds must be [batch, length, {cfg.hidden_size}], "
+                                 f"got shape {inputs_embeds.shape}")
+        batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        use_cache = bool(cfg.use_cache if use_cache is None else use_cache) and cfg.is_decoder
+        embeddings = BigBirdEmbeddings(cfg, self.dtype, self.param_dtype, name="embeddings")
+
+        sparse = uses_block_sparse(cfg, length)
+        if sparse:
+            if past_key_values is not None or encoder_hidden_states is not None:
+                raise ValueError("block-sparse attention takes neither a cache nor encoder_hidden_states")
+            pad = (-length) % cfg.block_size
+            if attention_mask is None:
+                attention_mask = jnp.ones((batch, length), jnp.int32)
+            attention_mask = jnp.asarray(attention_mask)
+            if attention_mask.shape != (batch, length):
+                raise ValueError(f"attention_mask must have shape {(batch, length)}, got {attention_mask.shape}")
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros((batch, length), jnp.int32)
+            if pad and inputs_embeds is not None:  # HF pads with the embedded padding token
+                pad_ids = jnp.full((batch, pad), cfg.pad_token_id, jnp.int32)
+                pad_embeds = embeddings(pad_ids, None, None, None, 0, deterministic)
+                inputs_embeds = jnp.concatenate([inputs_embeds, pad_embeds.astype(inputs_embeds.dtype)], 1)
+            input_ids = _pad_right(input_ids, pad, cfg.pad_token_id)
+            position_ids = _pad_right(position_ids, pad, cfg.pad_token_id)
+            token_type_ids = _pad_right(token_type_ids, pad, 0)
+            attention_mask = _pad_right(attention_mask, pad, 0)
+            cache, past_length, query_positions = None, 0, None
+            mask = attention_mask.astype(bool)[:, None, None, :]
+            attention_fn = self.block_sparse_kernel()
+        else:
+            cache, past_length, query_positions, mask = self_attention_setup(
+                cfg, attention_mask, batch, length, past_key_values, use_cache, self.dtype)
+            attention_fn = self.attention_fn
+        encoder_hidden_states, encoder_mask = cross_attention_inputs(
+            encoder_hidden_states, encoder_attention_mask, length)
+
+        x = embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past_length, deterministic)
+        enc = BertEncoder(cfg, attention_fn, self.dtype, self.param_dtype, name="encoder")(
+            x, mask,
+            encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
+            query_positions=query_positions, cache=cache, deterministic=deterministic,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
+        pooled = None
+        if self.add_pooling_layer:
+            pooler = Dense(cfg.hidden_size, ("embed", "embed_out"), std=cfg.initializer_range,
+                           dtype=self.dtype, param_dtype=self.param_dtype, name="pooler")
+            pooled = jnp.tanh(pooler(enc["last_hidden_state"][:, 0]))
+        if sparse:  # remove the block padding
+            enc["last_hidden_state"] = enc["last_hidden_state"][:, :length]
+            if enc["hidden_states"] is not None:
+                enc["hidden_states"] = tuple(h[:, :length] for h in enc["hidden_states"])
+            if enc["attentions"] is not None:
+                enc["attentions"] = tuple(a[..., :length, :length] for a in enc["attentions"])
+        if not use_cache:
+            enc["past_key_values"] = None
+        return out.BaseModelOutputWithPoolingAndCrossAttentions(pooler_output=pooled, **enc)
+
+    @staticmethod
+    def dummy_inputs(config: BigBirdConfig) -> dict:
+        """Smallest inputs that create every parameter (cross-attention included)."""
+        inputs = {"input_ids": jnp.full((1, 4), config.pad_token_id + 1, jnp.int32)}
+        if config.is_decoder and config.add_cross_attention:
+            inputs["encoder_hidden_states"] = jnp.zeros((1, 2, config.hidden_size))
+        return inputs
+
+
+class _Head(nn.Module):
+    """Shared fields of the heads; ``base()`` builds the ``bert`` submodule."""
+
+    config: BigBirdConfig
+    attention_fn: Callable = dot_product_attention
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    inference_random_seed: int | None = None
+    block_sparse_dropout: bool = False
+
+    def base(self, add_pooling_layer: bool = True) -> BigBirdModel:
+        return BigBirdModel(self.config, add_pooling_layer, self.attention_fn, self.dtype, self.param_dtype,
+                            self.inference_random_seed, self.block_sparse_dropout, name="bert")
+
+    def dense(self, features: int, axes, name: str) -> nn.Dense:
+        return Dense(features, axes, std=self.config.initializer_range, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name=name)
+
+    def shared_embedding(self) -> Array | None:
+        if not self.config.tie_word_embeddings:
+            return None
+        return nn.unbox(self.variables["params"]["bert"]["embeddings"]["word_embeddings"])["embedding"]
+
+    @property
+    def classifier_dropout(self) -> float:
+        cfg = self.config
+        return cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
+
+    @staticmethod
+    def dummy_inputs(config: BigBirdConfig) -> dict:
+        return {"input_ids": BigBirdModel.dummy_inputs(config)["input_ids"]}
+
+
+def _encoder_kwargs(output_attentions, output_hidden_states, deterministic):
+    return dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                deterministic=deterministic)
+
+
+class BigBirdForPreTraining(_Head):
+    """Masked-LM logits and next-sentence logits; loss = MLM (+ NSP when both labels are given)."""
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, next_sentence_label=None, output_attentions=False,
+                 output_hidden_states=False, deterministic=True) -> out.BigBirdForPreTrainingOutput:
+        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
+        logits, seq_relationship = BertPreTrainingHeads(self.config, True, self.dtype, self.param_dtype,
+                                                        name="cls")(
+            o.last_hidden_state, self.shared_embedding(), o.pooler_output)
+        loss = None
+        if labels is not None:
+            loss = losses.cross_entropy(logits, jnp.asarray(labels))
+            if next_sentence_label is not None:
+                loss = loss + losses.cross_entropy(seq_relationship, jnp.asarray(next_sentence_label))
+        return out.BigBirdForPreTrainingOutput(loss=loss, prediction_logits=logits,
+                                               seq_relationship_logits=seq_relationship,
+                                               hidden_states=o.hidden_states, attentions=o.attentions)
+
+
+class BigBirdForMaskedLM(_Head):
+    dummy_inputs = staticmethod(BigBirdModel.dummy_inputs)
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+                 output_attentions=False, output_hidden_states=False, deterministic=True) -> out.MaskedLMOutput:
+        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        encoder_hidden_states, encoder_attention_mask, use_cache=False,
+                        **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
+        logits = BertPreTrainingHeads(self.config, False, self.dtype, self.param_dtype, name="cls")(
+            o.last_hidden_state, self.shared_embedding())
+        loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
+        return out.MaskedLMOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
+                                  attentions=o.attentions)
+
+
+class BigBirdForCausalLM(_Head):
+    """Left-to-right LM (full causal attention, as HF); fixed-size KV cache for decoding."""
+
+    dummy_inputs = staticmethod(BigBirdModel.dummy_inputs)
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+        return init_cache(self.config, batch_size, max_length, dtype or self.dtype)
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                 past_key_values=None, labels=None, use_cache=None, output_attentions=False,
+                 output_hidden_states=False, deterministic=True) -> out.CausalLMOutputWithCrossAttentions:
+        if labels is not None:
+            use_cache = False
+        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
+                        **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
+        logits = BertPreTrainingHeads(self.config, False, self.dtype, self.param_dtype, name="cls")(
+            o.last_hidden_state, self.shared_embedding())
+        loss = None if labels is None else losses.causal_lm_loss(logits, jnp.asarray(labels))
+        return out.CausalLMOutputWithCrossAttentions(
+            loss=loss, logits=logits, past_key_values=o.past_key_values, hidden_states=o.hidden_states,
+            attentions=o.attentions, cross_attentions=o.cross_attentions)
+
+
+class BigBirdForSequenceClassification(_Head):
+    """First token -> dense -> hidden_act -> out_proj; regression / single- / multi-label loss."""
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
+                 deterministic=True) -> out.SequenceClassifierOutput:
+        cfg = self.config
+        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
+        logits = BertClassificationHead(cfg, self.classifier_dropout, cfg.hidden_act, self.dtype,
+                                        self.param_dtype, name="classifier")(o.last_hidden_state, deterministic)
+        loss = None
+        if labels is not None:
+            loss = losses.sequence_classification_loss(logits, jnp.asarray(labels), cfg.num_labels,
+                                                       cfg.problem_type)
+        return out.SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
+                                            attentions=o.attentions)
+
+
+class BigBirdForTokenClassification(_Head):
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
+                 deterministic=True) -> out.TokenClassifierOutput:
+        cfg = self.config
+        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
+        x = nn.Dropout(self.classifier_dropout)(o.last_hidden_state, deterministic=deterministic)
+        logits = self.dense(cfg.num_labels, ("embed", "classes"), "classifier")(x)
+        loss = None
+        if labels is not None:
+            loss = losses.cross_entropy(logits.reshape(-1, cfg.num_labels), jnp.asarray(labels).reshape(-1))
+        return out.TokenClassifierOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
+                                         attentions=o.attentions)
+
+
+class BigBirdForMultipleChoice(_Head):
+    """Inputs ``[B, num_choices, L]``; logits ``[B, num_choices]`` from the pooled output."""
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
+                 deterministic=True) -> out.MultipleChoiceModelOutput:
+        cfg = self.config
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if ref is None or jnp.ndim(ref) < 3:
+            raise ValueError("multiple choice inputs must be [batch, num_choices, length], "
+                             f"got shape {None if ref is None else jnp.shape(ref)}")
+        num_choices = jnp.shape(ref)[1]
+        flat = lambda x: None if x is None else jnp.reshape(x, (-1, jnp.shape(x)[-1]))
+        flat_embeds = None if inputs_embeds is None else jnp.reshape(
+            inputs_embeds, (-1, *jnp.shape(inputs_embeds)[-2:]))
+        o = self.base()(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                        flat_embeds, **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
+        x = nn.Dropout(cfg.hidden_dropout_prob)(o.pooler_output, deterministic=deterministic)
+        logits = self.dense(1, ("embed", "classes"), "classifier")(x).reshape(-1, num_choices)
+        loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
+        return out.MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
+                                             attentions=o.attentions)
+
+    @staticmethod
+    def dummy_inputs(config: BigBirdConfig) -> dict:
+        return {"input_ids": BigBirdModel.dummy_inputs(config)["input_ids"][:, None]}
+
+
+class BigBirdQuestionAnsweringHead(nn.Module):
+    """dropout -> intermediate -> output (residual + LayerNorm) -> qa_outputs (2 logits)."""
+
+    config: BigBirdConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, encoder_output: Array, deterministic: bool = True) -> Array:
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(encoder_output, deterministic=deterministic)
+        x = BertIntermediate(cfg, name="intermediate", **kw)(x)
+        x = BertResidualOutput(cfg, in_axis="mlp", name="output", **kw)(x, encoder_output, deterministic)
+        return Dense(2, ("embed", "classes"), std=cfg.initializer_range, name="qa_outputs", **kw)(x)
+
+
+class BigBirdForQuestionAnswering(_Head):
+    """Span logits; the question (up to the first ``sep_token_id``, or ``question_lengths``)
+    is masked out of the logits (-1e6) and gets token type 0, the context 1, as HF."""
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, question_lengths=None, token_type_ids=None,
+                 position_ids=None, inputs_embeds=None, start_positions=None, end_positions=None,
+                 output_attentions=False, output_hidden_states=False,
+                 deterministic=True) -> out.BigBirdForQuestionAnsweringModelOutput:
+        cfg = self.config
+        ref = input_ids if input_ids is not None else inputs_embeds
+        length = jnp.shape(ref)[1]
+        if question_lengths is None and input_ids is not None:
+            question_lengths = jnp.argmax(jnp.asarray(input_ids) == cfg.sep_token_id, axis=-1) + 1
+        logits_mask = None
+        if question_lengths is not None:
+            question_lengths = jnp.asarray(question_lengths).reshape(-1, 1)
+            in_question = (jnp.arange(length)[None] < question_lengths).astype(jnp.int32)  # [B, L]
+            if token_type_ids is None:
+                token_type_ids = 1 - in_question
+            logits_mask = in_question.at[:, 0].set(0)[..., None]
+        o = self.base(add_pooling_layer=False)(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
+        logits = BigBirdQuestionAnsweringHead(cfg, self.dtype, self.param_dtype, name="qa_classifier")(
+            o.last_hidden_state, deterministic)
+        if logits_mask is not None:
+            logits = logits - logits_mask.astype(logits.dtype) * 1e6
+        start_logits, end_logits = logits[..., 0], logits[..., 1]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = losses.span_loss(start_logits, end_logits, jnp.asarray(start_positions),
+                                    jnp.asarray(end_positions))
+        return out.BigBirdForQuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, pooler_output=o.pooler_output,
+            hidden_states=o.hidden_states, attentions=o.attentions)
+
+
+ARCHITECTURES = {
+    cls.__name__: cls
+    for cls in (
+        BigBirdModel, BigBirdForPreTraining, BigBirdForMaskedLM, BigBirdForCausalLM,
+        BigBirdForSequenceClassification, BigBirdForTokenClassification, BigBirdForMultipleChoice,
+        BigBirdForQuestionAnswering,
+    )
+}
