@@ -307,7 +307,7 @@ def block_sparse_attention(
     s_mid = jnp.concatenate([s_first, s_win, s_rand, s_last], axis=-1).astype(stat_dtype) * scale
 
     # Which keys of each slot are not padding: [B, H, n-2, (5+r)bs] ...
-    rand_keep = keep_blocks[b_idx, rand_attn].reshape(batch, -1, n - 2, r * bs)
+    rand_keep = keep_blocks[b_idx, rand_attn].reshape(batch, heads, n - 2, r * bs)
     key_keep = jnp.concatenate([
         jnp.broadcast_to(keep_blocks[:, None, None, 0], (batch, heads, n - 2, bs)),
         jnp.broadcast_to(window(keep_blocks[:, None, :, :, None])[..., 0], (batch, heads, n - 2, 3 * bs)),
