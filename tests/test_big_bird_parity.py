@@ -329,3 +329,39 @@ def test_jit_matches_eager_block_sparse():
     eager = module.apply({"params": params}, input_ids=ids, attention_mask=mask)
     jitted = jax.jit(lambda p, i, m: module.apply({"params": p}, input_ids=i, attention_mask=m))(params, ids, mask)
     assert max_diff(jitted.logits, eager.logits) <= 1e-6
+
+
+# ------------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("hf_cls", [transformers.BigBirdForPreTraining, transformers.BigBirdForQuestionAnswering])
+def test_checkpoint_round_trip_is_bit_exact(hf_cls, tmp_path):
+    import zoo
+    from safetensors.numpy import load_file
+
+    hf = build(hf_cls)
+    hf.save_pretrained(tmp_path / "hf")
+    module, params = zoo.from_pretrained(tmp_path / "hf")
+    assert type(module).__name__ == hf_cls.__name__
+    zoo.save_pretrained(tmp_path / "zoo", module, params)
+    module, params = zoo.from_pretrained(tmp_path / "zoo")
+    zoo.export_pytorch(tmp_path / "pt", module, params)
+    original = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    exported = load_file(str(tmp_path / "pt" / "model.safetensors"))
+    assert sorted(original) == sorted(exported)
+    for key, value in original.items():
+        assert np.array_equal(exported[key], value), key
+    ids, mask, _ = make_inputs(77, seed=22)
+    got, ref = run_both(hf, dict(input_ids=ids, attention_mask=mask))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = module.apply({"params": params}, input_ids=ids, attention_mask=mask)
+    assert_outputs_match(loaded, ref)
+
+
+def test_pretrained_body_into_classifier_initialises_only_the_head(tmp_path):
+    import zoo
+
+    hf = build(transformers.BigBirdForMaskedLM)
+    hf.save_pretrained(tmp_path)
+    module, params, report = zoo.from_pretrained(tmp_path, "BigBirdForSequenceClassification", return_report=True)
+    assert report.missing and all(p.startswith("classifier/") for p in report.missing)
+    assert any(k.startswith("cls.") for k in report.unused)
