@@ -90,7 +90,7 @@ def param_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
 def init_params(module: nn.Module, rng: jax.Array | int = 0) -> dict:
     """Random parameters (HF's initialisers), unboxed."""
     rng = jax.random.key(rng) if isinstance(rng, int) else rng
-    return nn.unbox(_init(module, rng))["params"]
+    return nn.unbox(jax.jit(lambda key: _init(module, key))(rng))["params"]
 
 
 def logical_axes(module: nn.Module) -> dict:

@@ -15,7 +15,9 @@ are zeroed in the output.
 
 Random blocks (:func:`sample_random_blocks`) are drawn on device with ``jax.random`` from a
 key, per head, among the blocks HF's rules allow (:func:`random_block_plan`, computed from
-static shapes). Without a key, all indices are 0: HF's inference behaviour.
+static shapes). Without a key, all indices are 0: HF's inference behaviour. Block 0 then
+counts ``1 + num_random_blocks`` times in the softmax of rows 1..n-2, and the dense
+probabilities (which hold one copy, as HF's) sum to less than 1 on those rows.
 """
 
 from __future__ import annotations

@@ -100,6 +100,10 @@ class BertSelfAttention(nn.Module):
         kernel_kwargs = {}
         rng_stream = getattr(self.attention_fn, "rng_stream", None)
         if rng_stream is not None:
+            if not deterministic and not self.has_rng(rng_stream):
+                raise ValueError(f"training mode (deterministic=False) with {type(self.attention_fn).__name__} "
+                                 f"attention needs an rng for its random blocks: "
+                                 f"apply(..., rngs={{'dropout': key1, '{rng_stream}': key2}})")
             kernel_kwargs = dict(rng=None if deterministic else self.make_rng(rng_stream),
                                  layer=layer_index(self.scope.path))
         out, probs = self.attention_fn(
