@@ -365,3 +365,11 @@ def test_pretrained_body_into_classifier_initialises_only_the_head(tmp_path):
     module, params, report = zoo.from_pretrained(tmp_path, "BigBirdForSequenceClassification", return_report=True)
     assert report.missing and all(p.startswith("classifier/") for p in report.missing)
     assert any(k.startswith("cls.") for k in report.unused)
+
+
+def test_training_without_random_blocks_rng_names_the_stream():
+    hf = build(transformers.BigBirdModel)
+    module, params = to_zoo(hf)
+    ids, _, _ = make_inputs(96, batch=1, seed=23, pad=())
+    with pytest.raises(ValueError, match="random_blocks"):
+        module.apply({"params": params}, input_ids=ids, deterministic=False, rngs={"dropout": jax.random.key(0)})
