@@ -302,11 +302,13 @@ def block_sparse_attention(
     k_rand = kb[b_idx, h_idx, rand_attn].reshape(batch, heads, n - 2, r * bs, head_dim)
     v_rand = vb[b_idx, h_idx, rand_attn].reshape(batch, heads, n - 2, r * bs, head_dim)
 
-    s_first = jnp.einsum("bhmqd,bhkd->bhmqk", q_mid, kb[:, :, 0])
-    s_win = jnp.einsum("bhmqd,bhmkd->bhmqk", q_mid, k_win)
-    s_rand = jnp.einsum("bhmqd,bhmkd->bhmqk", q_mid, k_rand)
-    s_last = jnp.einsum("bhmqd,bhkd->bhmqk", q_mid, kb[:, :, -1])
-    s_mid = jnp.concatenate([s_first, s_win, s_rand, s_last], axis=-1).astype(stat_dtype) * scale
+    # Scores of the middle rows are laid out [B, H, n-2, keys, queries]: XLA's CPU batched
+    # matmuls run about twice as fast in this orientation (and for probs^T @ values).
+    s_first = jnp.einsum("bhmqd,bhkd->bhmkq", q_mid, kb[:, :, 0])
+    s_win = jnp.einsum("bhmqd,bhmkd->bhmkq", q_mid, k_win)
+    s_rand = jnp.einsum("bhmqd,bhmkd->bhmkq", q_mid, k_rand)
+    s_last = jnp.einsum("bhmqd,bhkd->bhmkq", q_mid, kb[:, :, -1])
+    s_mid = jnp.concatenate([s_first, s_win, s_rand, s_last], axis=-2).astype(stat_dtype) * scale
 
     # Which keys of each slot are not padding: [B, H, n-2, (5+r)bs] ...
     rand_keep = keep_blocks[b_idx, rand_attn].reshape(batch, heads, n - 2, r * bs)
@@ -318,17 +320,17 @@ def block_sparse_attention(
     ], axis=-1)
     # ... times the query's own padding on the slots where HF's band/rand masks apply it.
     present, uses_query = (np.repeat(t, bs, axis=1) for t in _slot_tables(n, r))  # [n-2, (5+r)bs]
-    query_keep = keep_blocks[:, None, 1:-1, :, None]  # [B, 1, n-2, bs, 1]
-    allowed = key_keep[:, :, :, None, :] * jnp.where(jnp.asarray(uses_query)[:, None, :], query_keep, 1.0)
-    s_mid = s_mid + penalty(allowed)
-    s_mid = jnp.where(jnp.asarray(present)[None, None, :, None, :], s_mid, -jnp.inf)
+    query_keep = keep_blocks[:, None, 1:-1, None, :]  # [B, 1, n-2, 1, bs]
+    allowed = key_keep[..., None] * jnp.where(jnp.asarray(uses_query)[:, :, None], query_keep, 1.0)
+    s_mid = s_mid + penalty(allowed)  # [B, H, n-2, (5+r)bs, bs]
+    s_mid = jnp.where(jnp.asarray(present)[None, None, :, :, None], s_mid, -jnp.inf)
 
-    def exp_weights(scores):
-        w = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
-        return w, w.sum(axis=-1, keepdims=True)
+    def exp_weights(scores, axis):
+        w = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=axis, keepdims=True)))
+        return w, w.sum(axis=axis, keepdims=True)
 
-    w_glob, den_glob = exp_weights(s_glob)
-    w_mid, den_mid = exp_weights(s_mid)
+    w_glob, den_glob = exp_weights(s_glob, -1)
+    w_mid, den_mid = exp_weights(s_mid, -2)
     if normalize_early:
         w_glob, w_mid = w_glob / den_glob, w_mid / den_mid
     probs_glob, probs_mid = w_glob, w_mid
@@ -348,21 +350,21 @@ def block_sparse_attention(
     o_glob = jnp.einsum("bhqk,bhkd->bhqd", w_glob.astype(dtype), v)
     w_mid_c = w_mid.astype(dtype)
     o_mid = (
-        jnp.einsum("bhmqk,bhkd->bhmqd", w_mid_c[..., :bs], vb[:, :, 0])
-        + jnp.einsum("bhmqk,bhmkd->bhmqd", w_mid_c[..., bs:4 * bs], v_win)
-        + jnp.einsum("bhmqk,bhmkd->bhmqd", w_mid_c[..., 4 * bs:(4 + r) * bs], v_rand)
-        + jnp.einsum("bhmqk,bhkd->bhmqd", w_mid_c[..., (4 + r) * bs:], vb[:, :, -1])
+        jnp.einsum("bhmkq,bhkd->bhmqd", w_mid_c[..., :bs, :], vb[:, :, 0])
+        + jnp.einsum("bhmkq,bhmkd->bhmqd", w_mid_c[..., bs:4 * bs, :], v_win)
+        + jnp.einsum("bhmkq,bhmkd->bhmqd", w_mid_c[..., 4 * bs:(4 + r) * bs, :], v_rand)
+        + jnp.einsum("bhmkq,bhkd->bhmqd", w_mid_c[..., (4 + r) * bs:, :], vb[:, :, -1])
     )
     if not normalize_early:
         o_glob = (o_glob.astype(stat_dtype) / den_glob).astype(dtype)
-        o_mid = (o_mid.astype(stat_dtype) / den_mid).astype(dtype)
+        o_mid = (o_mid.astype(stat_dtype) / jnp.swapaxes(den_mid, -1, -2)).astype(dtype)
     out = jnp.concatenate([o_glob[:, :, None, :bs], o_mid, o_glob[:, :, None, bs:]], axis=2)
     out = out.reshape(batch, heads, length, head_dim) * keep[:, None, :, None].astype(dtype)
     out = jnp.swapaxes(out, 1, 2)
 
     probs = None
     if return_probs:
-        probs = _dense_probs(probs_glob, probs_mid, rand_attn, batch, heads, n, bs, r).astype(dtype)
+        probs = _dense_probs(probs_glob, jnp.swapaxes(probs_mid, -1, -2), rand_attn, batch, heads, n, bs, r).astype(dtype)
     return out, probs
 
 
