@@ -57,7 +57,6 @@ their ``memory_analysis``. Time and memory vs length go into
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import gc
 import json
