@@ -334,6 +334,7 @@ def run_main(args) -> dict:
 
     transformers.logging.set_verbosity_error()
     sources = source_fingerprint()
+    commit_at_start = harness._git_commit()
     impls = [s for s in args.impls.split(",") if s]
     unknown = [i for i in impls if i not in IMPLS]
     if unknown:
@@ -466,6 +467,7 @@ def run_main(args) -> dict:
         "goals_met": goals, "checks": checks, "xla_memory": memory, "load": load,
         "kernels": kernels, "kernel_load": kernel_load, "no_attention_floor": floor, "rusage_one_call": rusage,
         "sources": sources, "sources_changed_during_run": sources_after != sources,
+        "git_commit_at_start": commit_at_start,
     }
     md = [f"### BigBird base forward, batch {args.batch} x seq {args.seq}, {args.layers} layers, fp32, cpu", "",
           f"`{payload['command']}`", "",
@@ -512,6 +514,8 @@ def run_main(args) -> dict:
                       if "hf_block_sparse" in layers_ms else "")]
         md += ["", harness.load_note(kernel_load, "load during the kernel timings") or "", ""]
     md.append(harness.environment_block(machine, threads, load))
+    if commit_at_start != machine.get("git_commit"):
+        md.append(f"- git commit at the start of the run: {commit_at_start} (at the end: {machine.get('git_commit')})")
     md.append(source_note(sources) + ("" if sources_after == sources else
                                       " **(the sources changed during the run; the numbers are of the "
                                       "version at the start)**"))
@@ -683,7 +687,7 @@ def _plot(rows: list[dict], lengths: list[int], layers: int, path: Path) -> None
         ax.set_xticklabels([str(x) for x in lengths])
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"BigBird base, {layers} layers, batch 1, fp32 CPU: {title}")
+        ax.set_title(f"BigBird base width, {layers} layers, batch 1, fp32 CPU: {title}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -711,6 +715,7 @@ def run_sweep(args) -> dict:
           f"{budget_mib / 1024:.1f} GiB for the forward, workers killed above {kill_rss_mib / 1024:.1f} GiB RSS "
           f"(MemAvailable {avail and avail / 1024:.1f} GiB)", flush=True)
     rows = []
+    commit_at_start = harness._git_commit()
     quiet = harness.wait_for_quiet(timeout_s=args.quiet_wait) if args.quiet_wait > 0 else None
     with harness.LoadMonitor() as monitor:
         for length in lengths:
@@ -771,7 +776,8 @@ def run_sweep(args) -> dict:
                          "mem_available_mib_at_start": avail,
                          "model": f"BigBirdModel base width (HF BigBirdConfig defaults) with {args.sweep_layers} "
                                   "layers, random weights, attention_mask of ones"},
-               "rows": rows, "loglog_slopes": slopes, "plot": str(plot_path), "machine": machine, "load": load}
+               "git_commit_at_start": commit_at_start, "rows": rows, "loglog_slopes": slopes,
+               "plot": str(plot_path), "machine": machine, "load": load}
 
     def cell(impl, length, key):
         r = next((r for r in rows if r["impl"] == impl and r["length"] == length), None)
@@ -853,6 +859,8 @@ def run_sweep(args) -> dict:
                                  "other processes used >= 5 % of the cores during: " + ", ".join(noisy)
                                  + " **(noisy)**"),
            harness.environment_block(machine, None, load)]
+    if commit_at_start != machine.get("git_commit"):
+        md.append(f"- git commit at the start of the sweep: {commit_at_start} (at the end: {machine.get('git_commit')})")
     md += [source_note(fp) for fp in sources]
     if len(sources) > 1:
         md.append("- **the zoo sources changed between the runs of this sweep** (one line per version above)")
