@@ -18,6 +18,7 @@ import transformers
 
 from hf_parity import assert_outputs_match, max_diff, to_zoo, torch_inputs
 from zoo.models.big_bird import BigBirdConfig
+from zoo.outputs import BigBirdForPreTrainingOutput, BigBirdForQuestionAnsweringModelOutput
 
 transformers.logging.set_verbosity_error()
 
@@ -138,6 +139,7 @@ def test_pretraining_with_both_losses(attention_type):
     inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=tt, labels=labels,
                   next_sentence_label=np.array([0, 1, 1]))
     got, ref = run_both(hf, inputs, **FLAGS)
+    assert isinstance(got, BigBirdForPreTrainingOutput)
     assert_outputs_match(got, cut(ref, 77))
     mlm_only, ref_mlm = run_both(hf, dict(inputs, next_sentence_label=None))
     assert_outputs_match(mlm_only, ref_mlm)
@@ -186,6 +188,7 @@ def test_question_answering_masks_the_question(attention_type):
     inputs = dict(input_ids=ids, attention_mask=mask, start_positions=np.array([10, 3, 200]),
                   end_positions=np.array([12, 40, 20]))
     got, ref = run_both(hf, inputs, **FLAGS)  # question lengths from the first SEP (position 7)
+    assert isinstance(got, BigBirdForQuestionAnsweringModelOutput)
     assert_outputs_match(got, cut(ref, 77))
     assert float(got.start_logits[0, 3]) < -1e5  # inside the question
     explicit = dict(inputs, question_lengths=np.array([[4], [9], [1]]))

@@ -34,14 +34,19 @@ from zoo.nn import losses
 from zoo.nn.bert import (
     BertClassificationHead,
     BertEncoder,
+    BertHead,
     BertIntermediate,
     BertPreTrainingHeads,
     BertResidualOutput,
     cross_attention_inputs,
+    embedding_tables,
+    flatten_choices,
+    init_cache,
     self_attention_setup,
+    text_inputs,
 )
 from zoo.nn.kv_cache import KVCache
-from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm
+from zoo.nn.layers import ACT2FN, Dense, LayerNorm
 
 Array = jax.Array
 
@@ -115,11 +120,6 @@ KEY_TABLE = KeyTable(
 )
 
 
-def init_cache(config: BigBirdConfig, batch_size: int, max_length: int, dtype=jnp.float32) -> KVCache:
-    return KVCache.create(config.num_hidden_layers, batch_size, max_length, config.num_attention_heads,
-                          config.hidden_size // config.num_attention_heads, dtype)
-
-
 def uses_block_sparse(config: BigBirdConfig, length: int) -> bool:
     """Whether a sequence of ``length`` tokens runs block-sparse (else dense) attention."""
     if config.attention_type != "block_sparse":
@@ -135,15 +135,6 @@ def uses_block_sparse(config: BigBirdConfig, length: int) -> bool:
             stacklevel=3)
         return False
     return True
-
-
-def _as_int(x, name: str, ndim: int) -> Array | None:
-    if x is None:
-        return None
-    x = jnp.asarray(x)
-    if x.ndim != ndim or not jnp.issubdtype(x.dtype, jnp.integer):
-        raise ValueError(f"{name} must be an integer array of rank {ndim}, got shape {x.shape} dtype {x.dtype}")
-    return x
 
 
 def _pad_right(x: Array | None, pad: int, value) -> Array | None:
@@ -163,16 +154,7 @@ class BigBirdEmbeddings(nn.Module):
     def __call__(self, input_ids, token_type_ids, position_ids, inputs_embeds, past_length=0,
                  deterministic: bool = True) -> Array:
         cfg = self.config
-        kw = dict(std=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
-        word = Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), name="word_embeddings", **kw)
-        position = Embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"),
-                         name="position_embeddings", **kw)
-        token_type = Embed(cfg.type_vocab_size, cfg.hidden_size, (None, "embed"),
-                           name="token_type_embeddings", **kw)
-        if inputs_embeds is None:
-            inputs_embeds = word(input_ids)
-        else:
-            word(jnp.zeros((1, 1), jnp.int32))  # keep the table in the parameter tree
+        inputs_embeds, position, token_type = embedding_tables(self, input_ids, inputs_embeds)
         batch, length = inputs_embeds.shape[:2]
         if position_ids is None:
             position_ids = (jnp.arange(length) + past_length)[None]
@@ -226,17 +208,8 @@ class BigBirdModel(nn.Module):
         deterministic: bool = True,
     ) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
         cfg = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        input_ids = _as_int(input_ids, "input_ids", 2)
-        token_type_ids = _as_int(token_type_ids, "token_type_ids", 2)
-        position_ids = _as_int(position_ids, "position_ids", 2)
-        if inputs_embeds is not None:
-            inputs_embeds = jnp.asarray(inputs_embeds)
-            if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != cfg.hidden_size:
-                raise ValueError(f"inputs_embeds must be [batch, length, {cfg.hidden_size}], "
-                                 f"got shape {inputs_embeds.shape}")
-        batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        input_ids, token_type_ids, position_ids, inputs_embeds, batch, length = text_inputs(
+            cfg, input_ids, token_type_ids, position_ids, inputs_embeds)
         use_cache = bool(cfg.use_cache if use_cache is None else use_cache) and cfg.is_decoder
         embeddings = BigBirdEmbeddings(cfg, self.dtype, self.param_dtype, name="embeddings")
 
@@ -298,7 +271,7 @@ class BigBirdModel(nn.Module):
         return {"input_ids": jnp.full((1, 4), config.pad_token_id + 1, jnp.int32)}
 
 
-class _Head(nn.Module):
+class _Head(BertHead, nn.Module):
     """Shared fields of the heads; ``base()`` builds the ``bert`` submodule."""
 
     config: BigBirdConfig
@@ -311,20 +284,6 @@ class _Head(nn.Module):
     def base(self, add_pooling_layer: bool = True) -> BigBirdModel:
         return BigBirdModel(self.config, add_pooling_layer, self.attention_fn, self.dtype, self.param_dtype,
                             self.inference_random_seed, self.block_sparse_dropout, name="bert")
-
-    def dense(self, features: int, axes, name: str) -> nn.Dense:
-        return Dense(features, axes, std=self.config.initializer_range, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name=name)
-
-    def shared_embedding(self) -> Array | None:
-        if not self.config.tie_word_embeddings:
-            return None
-        return nn.unbox(self.variables["params"]["bert"]["embeddings"]["word_embeddings"])["embedding"]
-
-    @property
-    def classifier_dropout(self) -> float:
-        cfg = self.config
-        return cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
 
     @staticmethod
     def dummy_inputs(config: BigBirdConfig) -> dict:
@@ -446,16 +405,8 @@ class BigBirdForMultipleChoice(_Head):
                  inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
                  deterministic=True) -> out.MultipleChoiceModelOutput:
         cfg = self.config
-        ref = input_ids if input_ids is not None else inputs_embeds
-        if ref is None or jnp.ndim(ref) < 3:
-            raise ValueError("multiple choice inputs must be [batch, num_choices, length], "
-                             f"got shape {None if ref is None else jnp.shape(ref)}")
-        num_choices = jnp.shape(ref)[1]
-        flat = lambda x: None if x is None else jnp.reshape(x, (-1, jnp.shape(x)[-1]))
-        flat_embeds = None if inputs_embeds is None else jnp.reshape(
-            inputs_embeds, (-1, *jnp.shape(inputs_embeds)[-2:]))
-        o = self.base()(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                        flat_embeds, **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
+        num_choices, flat = flatten_choices(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        o = self.base()(*flat, **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
         x = nn.Dropout(cfg.hidden_dropout_prob)(o.pooler_output, deterministic=deterministic)
         logits = self.dense(1, ("embed", "classes"), "classifier")(x).reshape(-1, num_choices)
         loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))

@@ -21,13 +21,19 @@ from zoo.nn import losses
 from zoo.nn.bert import (
     BertClassificationHead,
     BertEncoder,
+    BertHead,
     BertPooler,
     cross_attention_inputs,
+    embedding_tables,
     expand_head_mask,
+    flatten_choices,
+    init_cache,
     self_attention_setup,
+    text_inputs,
+    vocab_logits,
 )
 from zoo.nn.kv_cache import KVCache
-from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation
+from zoo.nn.layers import ACT2FN, Dense, LayerNorm, activation
 
 Array = jax.Array
 
@@ -84,21 +90,6 @@ KEY_TABLE = KeyTable(
 )
 
 
-def init_cache(config: Data2VecTextConfig, batch_size: int, max_length: int, dtype=jnp.float32) -> KVCache:
-    return KVCache.create(config.num_hidden_layers, batch_size, max_length, config.num_attention_heads,
-                          config.hidden_size // config.num_attention_heads, dtype)
-
-
-def _as_int(x, name: str, ndim: int | tuple[int, ...]) -> Array | None:
-    if x is None:
-        return None
-    x = jnp.asarray(x)
-    ndims = (ndim,) if isinstance(ndim, int) else ndim
-    if x.ndim not in ndims or not jnp.issubdtype(x.dtype, jnp.integer):
-        raise ValueError(f"{name} must be an integer array of rank {ndim}, got shape {x.shape} dtype {x.dtype}")
-    return x
-
-
 def position_ids_from_input_ids(input_ids: Array, padding_idx: int, past_length=0) -> Array:
     """fairseq positions: non-pad tokens count from ``padding_idx + 1``; pads stay ``padding_idx``."""
     keep = (input_ids != padding_idx).astype(jnp.int32)
@@ -114,16 +105,7 @@ class Data2VecTextEmbeddings(nn.Module):
     def __call__(self, input_ids, token_type_ids, position_ids, inputs_embeds, past_length,
                  deterministic: bool = True) -> Array:
         cfg = self.config
-        kw = dict(std=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
-        word = Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), name="word_embeddings", **kw)
-        position = Embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"),
-                         name="position_embeddings", **kw)
-        token_type = Embed(cfg.type_vocab_size, cfg.hidden_size, (None, "embed"),
-                           name="token_type_embeddings", **kw)
-        if inputs_embeds is None:
-            inputs_embeds = word(input_ids)
-        else:
-            word(jnp.zeros((1, 1), jnp.int32))  # keep the table in the parameter tree
+        inputs_embeds, position, token_type = embedding_tables(self, input_ids, inputs_embeds)
         batch, length = inputs_embeds.shape[:2]
         if position_ids is None:
             if input_ids is not None:
@@ -175,17 +157,8 @@ class Data2VecTextModel(nn.Module):
         deterministic: bool = True,
     ) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
         cfg = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        input_ids = _as_int(input_ids, "input_ids", 2)
-        token_type_ids = _as_int(token_type_ids, "token_type_ids", 2)
-        position_ids = _as_int(position_ids, "position_ids", 2)
-        if inputs_embeds is not None:
-            inputs_embeds = jnp.asarray(inputs_embeds)
-            if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != cfg.hidden_size:
-                raise ValueError(f"inputs_embeds must be [batch, length, {cfg.hidden_size}], "
-                                 f"got shape {inputs_embeds.shape}")
-        batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        input_ids, token_type_ids, position_ids, inputs_embeds, batch, length = text_inputs(
+            cfg, input_ids, token_type_ids, position_ids, inputs_embeds)
 
         use_cache = cfg.use_cache if use_cache is None else use_cache
         cache, past_length, query_positions, mask = self_attention_setup(
@@ -220,11 +193,6 @@ class Data2VecTextModel(nn.Module):
         return inputs
 
 
-def _shared_embedding(module: nn.Module) -> Array:
-    params = module.variables["params"]["data2vec_text"]["embeddings"]["word_embeddings"]
-    return nn.unbox(params)["embedding"]
-
-
 class Data2VecTextLMHead(nn.Module):
     """dense -> gelu -> layer_norm -> decoder (tied to the word embeddings by default)."""
 
@@ -239,19 +207,13 @@ class Data2VecTextLMHead(nn.Module):
         x = Dense(cfg.hidden_size, ("embed", "embed_out"), std=cfg.initializer_range, name="dense", **kw)(features)
         x = activation("gelu")(x)
         x = LayerNorm(cfg.layer_norm_eps, name="layer_norm", **kw)(x)
-        if shared_embedding is not None:
-            logits = x @ shared_embedding.astype(self.dtype).T
-        else:
-            logits = Dense(cfg.vocab_size, ("embed", "vocab"), std=cfg.initializer_range,
-                           use_bias=False, name="decoder", **kw)(x)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-                          (cfg.vocab_size,), self.param_dtype)
-        return logits + bias.astype(self.dtype)
+        return vocab_logits(self, x, shared_embedding)
 
 
-class _Head(nn.Module):
+class _Head(BertHead, nn.Module):
     """Shared fields of the head modules; ``base()`` builds the ``data2vec_text`` submodule."""
 
+    base_name = "data2vec_text"
     config: Data2VecTextConfig
     attention_fn: Callable = dot_product_attention
     dtype: Any = jnp.float32
@@ -260,15 +222,6 @@ class _Head(nn.Module):
     def base(self, add_pooling_layer: bool = False) -> Data2VecTextModel:
         return Data2VecTextModel(self.config, add_pooling_layer, self.attention_fn, self.dtype,
                                  self.param_dtype, name="data2vec_text")
-
-    def dense(self, features: int, axes, name: str) -> nn.Dense:
-        return Dense(features, axes, std=self.config.initializer_range, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name=name)
-
-    @property
-    def classifier_dropout(self) -> float:
-        cfg = self.config
-        return cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
 
     @staticmethod
     def dummy_inputs(config: Data2VecTextConfig) -> dict:
@@ -287,7 +240,7 @@ class Data2VecTextForMaskedLM(_Head):
                         encoder_hidden_states, encoder_attention_mask, use_cache=False,
                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                         deterministic=deterministic)
-        shared = _shared_embedding(self) if self.config.tie_word_embeddings else None
+        shared = self.shared_embedding()
         logits = Data2VecTextLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")(
             o.last_hidden_state, shared)
         loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
@@ -313,7 +266,7 @@ class Data2VecTextForCausalLM(_Head):
         o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                         encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
                         output_attentions, output_hidden_states, deterministic)
-        shared = _shared_embedding(self) if self.config.tie_word_embeddings else None
+        shared = self.shared_embedding()
         logits = Data2VecTextLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")(
             o.last_hidden_state, shared)
         loss = None if labels is None else losses.causal_lm_loss(logits, jnp.asarray(labels))
@@ -367,18 +320,11 @@ class Data2VecTextForMultipleChoice(_Head):
                  position_ids=None, head_mask=None, inputs_embeds=None, output_attentions=False,
                  output_hidden_states=False, deterministic=True) -> out.MultipleChoiceModelOutput:
         cfg = self.config
-        ref = input_ids if input_ids is not None else inputs_embeds
-        if ref is None or jnp.ndim(ref) < 3:
-            raise ValueError("multiple choice inputs must be [batch, num_choices, length], "
-                             f"got shape {None if ref is None else jnp.shape(ref)}")
-        num_choices = jnp.shape(ref)[1]
-        flat = lambda x: None if x is None else jnp.reshape(x, (-1, jnp.shape(x)[-1]))
-        flat_embeds = None if inputs_embeds is None else jnp.reshape(
-            inputs_embeds, (-1, *jnp.shape(inputs_embeds)[-2:]))
+        num_choices, flat = flatten_choices(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        ids, mask, types, positions, embeds = flat
         o = self.base(add_pooling_layer=True)(
-            flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), head_mask,
-            flat_embeds, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            deterministic=deterministic)
+            ids, mask, types, positions, head_mask, embeds, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, deterministic=deterministic)
         x = nn.Dropout(cfg.hidden_dropout_prob)(o.pooler_output, deterministic=deterministic)
         logits = self.dense(1, ("embed", "classes"), "classifier")(x).reshape(-1, num_choices)
         loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))

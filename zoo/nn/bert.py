@@ -330,14 +330,104 @@ class BertLMPredictionHead(nn.Module):
     def __call__(self, hidden_states: Array, shared_embedding: Array | None) -> Array:
         cfg = self.config
         x = BertPredictionHeadTransform(cfg, self.dtype, self.param_dtype, name="transform")(hidden_states)
-        if shared_embedding is not None:
-            logits = x @ shared_embedding.astype(self.dtype).T
-        else:
-            logits = Dense(cfg.vocab_size, ("embed", "vocab"), std=cfg.initializer_range, use_bias=False,
-                           dtype=self.dtype, param_dtype=self.param_dtype, name="decoder")(x)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
-                          (cfg.vocab_size,), self.param_dtype)
-        return logits + bias.astype(self.dtype)
+        return vocab_logits(self, x, shared_embedding)
+
+
+def vocab_logits(module: nn.Module, x: Array, shared_embedding: Array | None) -> Array:
+    """``decoder`` (the tied word embeddings when given, else a Dense) + ``bias``, created in
+    ``module`` (call from its compact method): HF's LM-head output layer."""
+    cfg = module.config
+    if shared_embedding is not None:
+        logits = x @ shared_embedding.astype(module.dtype).T
+    else:
+        logits = Dense(cfg.vocab_size, ("embed", "vocab"), std=cfg.initializer_range, use_bias=False,
+                       dtype=module.dtype, param_dtype=module.param_dtype, name="decoder")(x)
+    bias = module.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+                        (cfg.vocab_size,), module.param_dtype)
+    return logits + bias.astype(module.dtype)
+
+
+def embedding_tables(module: nn.Module, input_ids: Array | None, inputs_embeds: Array | None):
+    """Create ``word_embeddings``, ``position_embeddings``, ``token_type_embeddings`` in
+    ``module`` (call from its compact method); returns the word embeddings of ``input_ids``
+    (or ``inputs_embeds`` as given) and the position and token-type tables."""
+    cfg = module.config
+    kw = dict(std=cfg.initializer_range, dtype=module.dtype, param_dtype=module.param_dtype)
+    word = Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), name="word_embeddings", **kw)
+    position = Embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"),
+                     name="position_embeddings", **kw)
+    token_type = Embed(cfg.type_vocab_size, cfg.hidden_size, (None, "embed"), name="token_type_embeddings", **kw)
+    if inputs_embeds is None:
+        inputs_embeds = word(input_ids)
+    else:
+        word(jnp.zeros((1, 1), jnp.int32))  # keep the table in the parameter tree
+    return inputs_embeds, position, token_type
+
+
+def init_cache(config: Any, batch_size: int, max_length: int, dtype=jnp.float32) -> kv_cache.KVCache:
+    """Empty fixed-size KV cache of a BERT stack for ``max_length`` positions."""
+    return kv_cache.KVCache.create(config.num_hidden_layers, batch_size, max_length, config.num_attention_heads,
+                                   config.hidden_size // config.num_attention_heads, dtype)
+
+
+def _as_int(x, name: str, ndim: int) -> Array | None:
+    if x is None:
+        return None
+    x = jnp.asarray(x)
+    if x.ndim != ndim or not jnp.issubdtype(x.dtype, jnp.integer):
+        raise ValueError(f"{name} must be an integer array of rank {ndim}, got shape {x.shape} dtype {x.dtype}")
+    return x
+
+
+def text_inputs(config: Any, input_ids, token_type_ids, position_ids, inputs_embeds):
+    """Checked ``(input_ids, token_type_ids, position_ids, inputs_embeds, batch, length)``:
+    exactly one of ids / embeddings, integer ``[B, L]`` ids, ``[B, L, hidden]`` embeddings."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    input_ids = _as_int(input_ids, "input_ids", 2)
+    token_type_ids = _as_int(token_type_ids, "token_type_ids", 2)
+    position_ids = _as_int(position_ids, "position_ids", 2)
+    if inputs_embeds is not None:
+        inputs_embeds = jnp.asarray(inputs_embeds)
+        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+            raise ValueError(f"inputs_embeds must be [batch, length, {config.hidden_size}], "
+                             f"got shape {inputs_embeds.shape}")
+    batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+    return input_ids, token_type_ids, position_ids, inputs_embeds, batch, length
+
+
+def flatten_choices(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
+    """Multiple-choice inputs ``[B, C, L]`` -> ``(C, [B*C, L] inputs in the same order)``."""
+    ref = input_ids if input_ids is not None else inputs_embeds
+    if ref is None or jnp.ndim(ref) < 3:
+        raise ValueError("multiple choice inputs must be [batch, num_choices, length], "
+                         f"got shape {None if ref is None else jnp.shape(ref)}")
+    flat = lambda x: None if x is None else jnp.reshape(x, (-1, jnp.shape(x)[-1]))
+    embeds = None if inputs_embeds is None else jnp.reshape(inputs_embeds, (-1, *jnp.shape(inputs_embeds)[-2:]))
+    return jnp.shape(ref)[1], (flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                               embeds)
+
+
+class BertHead:
+    """Helpers of the task-head modules of a BERT-like family (a mixin for ``nn.Module``s
+    with ``config``, ``dtype``, ``param_dtype``); ``base_name`` names the encoder submodule."""
+
+    base_name: str = "bert"
+
+    def dense(self, features: int, axes, name: str) -> nn.Dense:
+        return Dense(features, axes, std=self.config.initializer_range, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name=name)
+
+    @property
+    def classifier_dropout(self) -> float:
+        cfg = self.config
+        return cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
+
+    def shared_embedding(self) -> Array | None:
+        """The word embeddings when the LM head is tied to them (after ``base()`` ran)."""
+        if not self.config.tie_word_embeddings:
+            return None
+        return nn.unbox(self.variables["params"][self.base_name]["embeddings"]["word_embeddings"])["embedding"]
 
 
 def self_attention_setup(config: Any, attention_mask: Array | None, batch: int, length: int,
@@ -354,8 +444,7 @@ def self_attention_setup(config: Any, attention_mask: Array | None, batch: int, 
         raise ValueError("past_key_values needs a decoder: set is_decoder=True in the config")
     cache = past_key_values
     if config.is_decoder and use_cache and cache is None:
-        cache = kv_cache.KVCache.create(config.num_hidden_layers, batch, length, config.num_attention_heads,
-                                        config.hidden_size // config.num_attention_heads, cache_dtype)
+        cache = init_cache(config, batch, length, cache_dtype)
     past_length = 0 if cache is None else cache.length
     query_positions = jnp.arange(length) + past_length
     key_length = length if cache is None else cache.max_length
