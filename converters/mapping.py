@@ -8,6 +8,9 @@ Generic rules (both directions):
   of an Embedding <-> ``embedding``. Which one applies is read off the target tree.
 * weight norm: ``weight_g``/``weight_v`` and ``parametrizations.weight.original0/1``
   both import as ``weight_g``/``weight_v`` (export writes the parametrizations spelling).
+* batch norm: ``running_mean``/``running_var`` <-> ``batch_stats/<module>/mean``/``var``
+  (Flax's ``batch_stats`` collection); ``num_batches_tracked`` is for the family table
+  to ignore (PyTorch only reads it when ``momentum=None``).
 
 A :class:`KeyTable` adds what the rules cannot know: renamed modules, tied weights
 (aliases), buffers that may be dropped and head parameters that may be freshly
@@ -26,6 +29,10 @@ from converters.errors import KeyMappingError
 
 _WEIGHT_LEAVES = ("kernel", "scale", "embedding", "weight")
 _WEIGHT_NORM = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+# Batch-norm running statistics live in Flax's "batch_stats" collection; flat paths of
+# that collection carry it as a prefix ("batch_stats/decode_head/.../normalization/mean").
+BATCH_STATS = "batch_stats"
+_BATCH_STATS = {"running_mean": "mean", "running_var": "var"}
 # torch weight [out, in, *spatial] -> flax kernel [*spatial, in, out]
 _TO_FLAX_AXES = {2: (1, 0), 3: (2, 1, 0), 4: (2, 3, 1, 0), 5: (2, 3, 4, 1, 0)}
 
@@ -137,6 +144,8 @@ def torch_to_flax_path(key: str, table: KeyTable, expected: Mapping[str, tuple])
     module, leaf = _split_torch_key(key)
     fmodule = _module_to_flax(module, table)
     join = lambda leaf_name: f"{fmodule}/{leaf_name}" if fmodule else leaf_name
+    if leaf in _BATCH_STATS:
+        return f"{BATCH_STATS}/{join(_BATCH_STATS[leaf])}"
     if leaf == "weight":
         for candidate in _WEIGHT_LEAVES:
             if join(candidate) in expected:
@@ -146,6 +155,11 @@ def torch_to_flax_path(key: str, table: KeyTable, expected: Mapping[str, tuple])
 
 
 def flax_to_torch_key(path: str, table: KeyTable) -> str:
+    if path.startswith(BATCH_STATS + "/"):
+        module, _, leaf = path[len(BATCH_STATS) + 1:].rpartition("/")
+        tmodule = _module_to_torch(module, table)
+        tleaf = {v: k for k, v in _BATCH_STATS.items()}[leaf]
+        return f"{tmodule}.{tleaf}" if tmodule else tleaf
     module, _, leaf = path.rpartition("/")
     tmodule = _module_to_torch(module, table)
     tleaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)

@@ -7,21 +7,22 @@ import torch
 import jax.numpy as jnp
 
 from converters.mapping import torch_to_flax
-from zoo.pretrained import build_model, param_shapes, unflatten
+from zoo.pretrained import build_model, pack_variables, param_shapes
 from zoo.registry import get_family
 
 ATOL = 1e-5
 
 
 def to_zoo(hf_model, architecture: str | None = None, **module_kwargs):
-    """(module, params) equal to ``hf_model``, converted through the family's key table."""
+    """(module, params) equal to ``hf_model``, converted through the family's key table
+    (params: the variables dict for models with batch statistics)."""
     family = get_family(hf_model.config.model_type)
     config = family.config_class.from_dict(hf_model.config.to_dict())
     module = build_model(config, architecture or type(hf_model).__name__, **module_kwargs)
     state = {k: v.detach().cpu().numpy() for k, v in hf_model.state_dict().items()}
     flat, report = torch_to_flax(state.keys(), state.__getitem__, family.key_table, param_shapes(module))
     assert not report.unused and not report.missing, report.summary()
-    return module, unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+    return module, pack_variables({k: jnp.asarray(v) for k, v in flat.items()})
 
 
 def max_diff(a, b) -> float:

@@ -70,7 +70,7 @@ def cmd_convert(args) -> None:
         raise FileExistsError(f"{out}: output already exists")
     src = pretrained.resolve_checkpoint(args.src)
     module, report = pretrained.convert(src, out, args.architecture, param_dtype=dtype, progress=True)
-    count = sum(math.prod(s) for s in pretrained.param_shapes(module).values())
+    count = sum(math.prod(s) for s in pretrained.param_shapes(module, state=False).values())
     print(f"converted {src} -> {out} ({type(module).__name__}, {count:,} parameters, "
           f"{args.dtype}); {report.summary()}")
     if args.verify:

@@ -128,3 +128,29 @@ class BigBirdForQuestionAnsweringModelOutput(ModelOutput):
     pooler_output: Array = None
     hidden_states: tuple | None = None
     attentions: tuple | None = None
+
+
+@flax.struct.dataclass
+class BaseModelOutputWithPooling(ModelOutput):
+    last_hidden_state: Array = None
+    pooler_output: Array = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
+@flax.struct.dataclass
+class ImageClassifierOutput(ModelOutput):
+    loss: Array = None
+    logits: Array = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
+@flax.struct.dataclass
+class SemanticSegmenterOutput(ModelOutput):
+    """``logits``: ``[B, num_labels, H/4, W/4]`` (channels first, as HF)."""
+
+    loss: Array = None
+    logits: Array = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None

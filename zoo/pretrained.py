@@ -74,6 +74,43 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
     return tree
 
 
+# Collections besides "params" that checkpoints carry (batch-norm running statistics).
+STATE_COLLECTIONS = ("batch_stats",)
+
+
+def pack_variables(flat: Mapping[str, Any]) -> dict:
+    """Flat ``{"path": leaf}`` (state under ``"batch_stats/..."``) -> the tree a model applies.
+
+    For a model with parameters only this is the params tree (``model.apply({"params": tree})``).
+    For a model with batch-norm statistics it is the variables dict ``{"params": ...,
+    "batch_stats": ...}`` (``model.apply(tree)``); :func:`as_variables` turns either into
+    what ``apply`` takes.
+    """
+    tree = unflatten(flat)
+    state = {c: tree.pop(c) for c in STATE_COLLECTIONS if c in tree}
+    return {"params": tree, **state} if state else tree
+
+
+def is_variables(tree: Mapping) -> bool:
+    """True for a variables dict (``{"params": ..., "batch_stats": ...}``) rather than a params tree."""
+    return "params" in tree and set(tree) <= {"params", *STATE_COLLECTIONS}
+
+
+def as_variables(tree: Mapping) -> dict:
+    """A params tree or a variables dict -> the variables dict for ``model.apply``."""
+    return dict(tree) if is_variables(tree) else {"params": tree}
+
+
+def flatten_variables(tree: Mapping) -> dict[str, Any]:
+    """Inverse of :func:`pack_variables`: params paths bare, state paths prefixed by their collection."""
+    if not is_variables(tree):
+        return flatten(tree)
+    flat = flatten(tree["params"])
+    for c in STATE_COLLECTIONS:
+        flat.update({f"{c}/{k}": v for k, v in flatten(tree.get(c, {})).items()})
+    return flat
+
+
 def _init(module: nn.Module, rng: jax.Array) -> dict:
     """``module.init`` on its dummy inputs (their warnings, e.g. about short inputs, muted)."""
     with warnings.catch_warnings():
@@ -81,16 +118,27 @@ def _init(module: nn.Module, rng: jax.Array) -> dict:
         return module.init(rng, **type(module).dummy_inputs(module.config))
 
 
-def param_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Flax path -> shape of every parameter, without allocating anything."""
-    abstract = jax.eval_shape(lambda: _init(module, jax.random.key(0)))
-    return {p: tuple(v.shape) for p, v in flatten(nn.unbox(abstract)["params"]).items()}
+def _collections(variables: Mapping) -> dict:
+    """Variables as the packed tree (params only, or params + state collections)."""
+    variables = nn.unbox(variables)
+    state = {c: variables[c] for c in STATE_COLLECTIONS if c in variables}
+    return {"params": variables["params"], **state} if state else variables["params"]
+
+
+def param_shapes(module: nn.Module, *, state: bool = True) -> dict[str, tuple[int, ...]]:
+    """Flax path -> shape of every parameter (and, with ``state``, of every batch statistic
+    under ``"batch_stats/..."``), without allocating anything."""
+    abstract = _collections(jax.eval_shape(lambda: _init(module, jax.random.key(0))))
+    if not state and is_variables(abstract):
+        abstract = abstract["params"]
+    return {p: tuple(v.shape) for p, v in flatten_variables(abstract).items()}
 
 
 def init_params(module: nn.Module, rng: jax.Array | int = 0) -> dict:
-    """Random parameters (HF's initialisers), unboxed."""
+    """Random parameters (HF's initialisers), unboxed; a variables dict for models with
+    batch statistics (see :func:`pack_variables`)."""
     rng = jax.random.key(rng) if isinstance(rng, int) else rng
-    return nn.unbox(jax.jit(lambda key: _init(module, key))(rng))["params"]
+    return _collections(jax.jit(lambda key: _init(module, key))(rng))
 
 
 def logical_axes(module: nn.Module) -> dict:
@@ -225,6 +273,10 @@ def from_pretrained(
 ):
     """``(model, params)`` from a HF PyTorch checkpoint, a zoo directory or a hub repo id.
 
+    ``params`` is the params tree (``model.apply({"params": params}, ...)``), or for a
+    model with batch-norm statistics the variables dict ``{"params", "batch_stats"}``
+    (``model.apply(params, ...)``); ``as_variables(params)`` gives the dict in both cases.
+
     progress: show a progress bar on stderr for checkpoints over 100 MB.
     dtype: compute dtype; param_dtype: storage dtype of the returned params.
     Parameters a task head needs but the checkpoint lacks (declared by the family's key
@@ -237,9 +289,9 @@ def from_pretrained(
     with _progress_bar(directory, enabled=progress) as on_tensor:
         flat, report = load_flat_params(directory, module, param_dtype=param_dtype, on_tensor=on_tensor)
     if report.missing:
-        fresh = flatten(init_params(module, rng))
+        fresh = flatten_variables(init_params(module, rng))
         flat.update({p: fresh[p] for p in report.missing})
-    params = unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+    params = pack_variables({k: jnp.asarray(v) for k, v in flat.items()})
     return (module, params, report) if return_report else (module, params)
 
 
@@ -280,7 +332,7 @@ def auxiliary_files(directory: str | os.PathLike) -> list[Path]:
 def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, params: Mapping,
                     extra_files: Sequence[str | os.PathLike] = ()) -> Path:
     """Write ``config.json`` + ``flax_model.safetensors`` (+ copies of ``extra_files``); all or nothing."""
-    flat = {k: np.asarray(v) for k, v in flatten(nn.unbox(params)).items()}
+    flat = {k: np.asarray(v) for k, v in flatten_variables(nn.unbox(params)).items()}
     return _save_flat(out_dir, module, flat, extra_files)
 
 
@@ -293,7 +345,7 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike, architecture: st
     with _progress_bar(directory, enabled=progress) as on_tensor:
         flat, report = load_flat_params(directory, module, param_dtype=param_dtype, on_tensor=on_tensor)
     if report.missing:
-        fresh = flatten(init_params(module, 0))
+        fresh = flatten_variables(init_params(module, 0))
         flat.update({p: np.asarray(fresh[p]) for p in report.missing})
     _save_flat(out_dir, module, flat, auxiliary_files(directory))
     return module, report
@@ -315,7 +367,7 @@ def export_pytorch(out_dir: str | os.PathLike, module: nn.Module, params: Mappin
                    include_aliases: bool = False, extra_files: Sequence[str | os.PathLike] = ()) -> Path:
     """Write a HF PyTorch checkpoint (``config.json`` + ``model.safetensors``)."""
     family = get_family(module.config.model_type)
-    flat = {k: np.asarray(v) for k, v in flatten(nn.unbox(params)).items()}
+    flat = {k: np.asarray(v) for k, v in flatten_variables(nn.unbox(params)).items()}
     state = flax_to_torch(flat, family.key_table, include_aliases=include_aliases)
     with atomic_directory(out_dir) as tmp:
         tmp = Path(tmp)
@@ -327,7 +379,7 @@ def export_pytorch(out_dir: str | os.PathLike, module: nn.Module, params: Mappin
 
 
 __all__ = [
-    "CheckpointError", "as_dtype", "build_model", "export_pytorch", "flatten", "from_pretrained",
+    "CheckpointError", "as_dtype", "as_variables", "flatten_variables", "is_variables", "pack_variables", "build_model", "export_pytorch", "flatten", "from_pretrained",
     "init_params", "load_flat_params", "logical_axes", "param_shapes", "read_config",
     "resolve_checkpoint", "save_pretrained", "unflatten",
 ]

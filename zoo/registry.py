@@ -6,7 +6,7 @@ import dataclasses
 
 from converters.mapping import KeyTable
 from zoo.config import ZooConfig
-from zoo.models import big_bird, data2vec_audio, data2vec_text, sew_d
+from zoo.models import big_bird, data2vec_audio, data2vec_text, data2vec_vision, sew_d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,13 @@ FAMILIES: dict[str, Family] = {
         architectures=data2vec_audio.ARCHITECTURES,
         key_table=data2vec_audio.KEY_TABLE,
         base_architecture="Data2VecAudioModel",
+    ),
+    "data2vec-vision": Family(
+        model_type="data2vec-vision",
+        config_class=data2vec_vision.Data2VecVisionConfig,
+        architectures=data2vec_vision.ARCHITECTURES,
+        key_table=data2vec_vision.KEY_TABLE,
+        base_architecture="Data2VecVisionModel",
     ),
     "big_bird": Family(
         model_type="big_bird",
