@@ -8,9 +8,9 @@ Generic rules (both directions):
   of an Embedding <-> ``embedding``. Which one applies is read off the target tree.
 * weight norm: ``weight_g``/``weight_v`` and ``parametrizations.weight.original0/1``
   both import as ``weight_g``/``weight_v`` (export writes the parametrizations spelling).
-* batch norm: ``running_mean``/``running_var`` <-> ``batch_stats/<module>/mean``/``var``
-  (Flax's ``batch_stats`` collection); ``num_batches_tracked`` is for the family table
-  to ignore (PyTorch only reads it when ``momentum=None``).
+* batch norm: ``running_mean``/``running_var``/``num_batches_tracked`` <->
+  ``batch_stats/<module>/mean``/``var``/``num_batches_tracked`` (Flax's ``batch_stats``
+  collection; the counter is int32 in JAX and exported as PyTorch's int64).
 
 A :class:`KeyTable` adds what the rules cannot know: renamed modules, tied weights
 (aliases), buffers that may be dropped and head parameters that may be freshly
@@ -32,7 +32,7 @@ _WEIGHT_NORM = {"parametrizations.weight.original0": "weight_g", "parametrizatio
 # Batch-norm running statistics live in Flax's "batch_stats" collection; flat paths of
 # that collection carry it as a prefix ("batch_stats/decode_head/.../normalization/mean").
 BATCH_STATS = "batch_stats"
-_BATCH_STATS = {"running_mean": "mean", "running_var": "var"}
+_BATCH_STATS = {"running_mean": "mean", "running_var": "var", "num_batches_tracked": "num_batches_tracked"}
 # torch weight [out, in, *spatial] -> flax kernel [*spatial, in, out]
 _TO_FLAX_AXES = {2: (1, 0), 3: (2, 1, 0), 4: (2, 3, 1, 0), 5: (2, 3, 4, 1, 0)}
 
@@ -128,7 +128,7 @@ def _module_to_torch(module: str, table: KeyTable) -> str:
 
 
 def _module_to_torch_generic(module: str) -> str:
-    return ".".join(re.sub(r"^(.*\D)_(\d+)$", r"\1.\2", seg) for seg in module.split("/") if seg)
+    return ".".join(re.sub(r"^(.*[^_])_(\d+)$", r"\1.\2", seg) for seg in module.split("/") if seg)
 
 
 def _split_torch_key(key: str) -> tuple[str, str]:
@@ -177,6 +177,8 @@ def _to_flax_value(path: str, value: np.ndarray) -> np.ndarray:
 
 
 def _to_torch_value(path: str, value: np.ndarray) -> np.ndarray:
+    if path.endswith("/num_batches_tracked"):
+        return value.astype(np.int64)
     if path.endswith("/kernel") or path == "kernel":
         value = np.ascontiguousarray(value.transpose(_inverse(_TO_FLAX_AXES[value.ndim])))
     return value

@@ -252,8 +252,10 @@ def test_logical_axis_names_on_every_parameter():
         overrides = {k: v for k, v in dict(is_decoder=True, add_cross_attention=True).items() if k in fields}
         if family.model_type == "big_bird":
             overrides.pop("add_cross_attention")
-        cfg = family.config_class.from_dict(dict(overrides, hidden_size=32, num_attention_heads=4,
-                                                 num_hidden_layers=2, intermediate_size=37))
+        if family.model_type == "data2vec-vision":  # 4 feature layers for segmentation; a small image
+            overrides.update(num_hidden_layers=3, out_indices=[1, 2, 3, 4], image_size=32, patch_size=8)
+        cfg = family.config_class.from_dict(dict(dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                                                      intermediate_size=37), **overrides))
         for name in family.architectures:
             specs = flatten(logical_axes(build_model(cfg, name)))
             unnamed = [p for p, spec in specs.items() if spec is None or not any(spec)]

@@ -47,11 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="family, architecture, parameter count, dtype, bytes")
     p.add_argument("path")
 
-    p = sub.add_parser("run", help="run a checkpoint on token ids or audio and print its predictions")
+    p = sub.add_parser("run", help="run a checkpoint on token ids, audio or an image and print its predictions")
     p.add_argument("checkpoint")
     p.add_argument("--input-ids", default="0 31415 232 328 740 1140 12695 69 46078 1588 2",
                    help="text models: space-separated token ids (ids >= vocab_size are folded into range)")
     p.add_argument("--audio", help="audio models: a PCM WAV file (CTC heads print the transcription)")
+    p.add_argument("--image", help="vision models: an image file (classifiers print top labels, "
+                                   "segmentation heads write a colour PNG)")
+    p.add_argument("--output", help="segmentation heads: the PNG to write (default: IMAGE-segmentation.png "
+                                    "in the current directory)")
     p.add_argument("--architecture")
     p.add_argument("--top-k", type=int, default=5)
 
@@ -92,6 +96,14 @@ def _verify(src: Path, module, params) -> None:
     hf = hf_cls.from_pretrained(str(src), attn_implementation="eager").eval()
     inputs = module.dummy_inputs(module.config)
     rng = np.random.RandomState(0)
+    if "pixel_values" in inputs:
+        x = rng.randn(2, *np.asarray(inputs["pixel_values"]).shape[1:]).astype(np.float32)
+        with torch.no_grad():
+            ref = hf(pixel_values=torch.from_numpy(x), output_hidden_states=True)
+        from zoo.pretrained import as_variables
+
+        got = module.apply(as_variables(params), x, output_hidden_states=True)
+        return _print_diffs(got, ref)
     ids = np.asarray(inputs["input_ids"])
     shape = ids.shape[:-1] + (16,)
     ids = rng.randint(module.config.pad_token_id + 1, module.config.vocab_size, shape)
@@ -102,6 +114,12 @@ def _verify(src: Path, module, params) -> None:
         ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                  output_hidden_states=True)
     got = module.apply({"params": params}, input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    _print_diffs(got, ref)
+
+
+def _print_diffs(got, ref) -> None:
+    import numpy as np
+
     for field, value in ref.items():
         if value is None or field == "past_key_values":
             continue
@@ -159,14 +177,65 @@ def cmd_run(args) -> None:
 
     src = pretrained.resolve_checkpoint(args.checkpoint)
     module, params = pretrained.from_pretrained(src, args.architecture)
-    takes_audio = "input_values" in module.dummy_inputs(module.config)
-    if takes_audio:
-        if not args.audio:
-            raise ValueError(f"{type(module).__name__} takes audio: pass --audio FILE.wav")
+    inputs = module.dummy_inputs(module.config)
+    name = type(module).__name__
+    image, audio = getattr(args, "image", None), getattr(args, "audio", None)
+    if "pixel_values" in inputs:
+        if not image:
+            raise ValueError(f"{name} takes images: pass --image FILE")
+        return _run_image(src, module, params, args)
+    if image:
+        raise ValueError(f"{name} does not take images: pass " + ("--audio" if "input_values" in inputs
+                                                                   else "--input-ids"))
+    if "input_values" in inputs:
+        if not audio:
+            raise ValueError(f"{name} takes audio: pass --audio FILE.wav")
         return _run_audio(src, module, params, args)
-    if args.audio:
-        raise ValueError(f"{type(module).__name__} takes token ids, not audio: pass --input-ids")
+    if audio:
+        raise ValueError(f"{name} takes token ids, not audio: pass --input-ids")
     _run_text(module, params, args)
+
+
+def image_processor_for(src: Path, config):
+    """The checkpoint's ``preprocessor_config.json``, else BEiT defaults at the config's image size."""
+    from zoo.preprocessing import BeitImageProcessor
+    from zoo.nn.vision import as_pair
+
+    if (src / "preprocessor_config.json").is_file():
+        return BeitImageProcessor.from_pretrained(src)
+    height, width = as_pair(config.image_size, "image_size")
+    return BeitImageProcessor(size={"height": height, "width": width})
+
+
+def _run_image(src: Path, module, params, args) -> None:
+    import jax
+    import numpy as np
+
+    from zoo.pretrained import as_variables
+    from zoo.preprocessing import load_image, segmentation_to_png
+
+    image = load_image(args.image)
+    processor = image_processor_for(src, module.config)
+    pixel_values = processor(image)["pixel_values"]
+    out = jax.jit(lambda v, x: module.apply(v, x))(as_variables(params), pixel_values)
+    name = type(module).__name__
+    print(f"{name} on {args.image} ({image.width}x{image.height} -> {pixel_values.shape[3]}x{pixel_values.shape[2]})")
+    if name.endswith("ImageClassification"):
+        _print_top_labels(module.config, np.asarray(out.logits[0]), args.top_k)
+    elif name.endswith("SemanticSegmentation"):
+        label_map = processor.post_process_semantic_segmentation(
+            np.asarray(out.logits), target_sizes=[(image.height, image.width)])[0]
+        path = Path(args.output or f"{Path(args.image).stem}-segmentation.png")
+        segmentation_to_png(label_map, path)
+        labels = module.config.id2label or {}
+        classes, counts = np.unique(label_map, return_counts=True)
+        order = np.argsort(-counts)[: args.top_k]
+        share = ", ".join(f"{labels.get(int(classes[i]), int(classes[i]))} {counts[i] / label_map.size:.1%}"
+                          for i in order)
+        print(f"  segmentation {label_map.shape[1]}x{label_map.shape[0]} -> {path}; largest classes: {share}")
+    else:
+        h = np.asarray(out.last_hidden_state)
+        print(f"  last_hidden_state {h.shape}, mean {h.mean():.5f}, std {h.std():.5f}")
 
 
 def _run_audio(src: Path, module, params, args) -> None:

@@ -101,7 +101,7 @@ class Data2VecVisionConfig(ZooConfig):
 
 KEY_TABLE = KeyTable(
     base_model_prefix="data2vec_vision",
-    ignore_unused=(r"relative_position_index$", r"num_batches_tracked$"),
+    ignore_unused=(r"relative_position_index$",),
     init_if_missing=(r"^(data2vec_vision/)?pooler/", r"^classifier/",
                      r"^(batch_stats/)?(decode_head|auxiliary_head|fpn\d+_\d+)/"),
 )
@@ -352,7 +352,7 @@ class Data2VecVisionForImageClassification(nn.Module):
         o = Data2VecVisionModel(cfg, True, self.attention_fn, self.dtype, self.param_dtype, name="data2vec_vision")(
             pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding, deterministic=deterministic)
-        logits = Dense(cfg.num_labels, ("embed", None), std=cfg.initializer_range, dtype=self.dtype,
+        logits = Dense(cfg.num_labels, ("embed", "classes"), std=cfg.initializer_range, dtype=self.dtype,
                        param_dtype=self.param_dtype, name="classifier")(o.pooler_output)
         loss = None
         if labels is not None:

@@ -3,7 +3,7 @@ UperNet (pyramid pooling + FPN) and the auxiliary FCN head, with PyTorch's Batch
 
 Feature maps are channels-last ``[B, H, W, C]``. Module names mirror HF's
 (``decode_head/psp_modules/blocks_0/conv/convolution``), batch-norm running statistics
-live in the ``batch_stats`` collection (``mean``/``var``).
+live in the ``batch_stats`` collection (``mean``, ``var``, ``num_batches_tracked``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", zeros_init(("conv_out",)), (features,), self.param_dtype)
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+        count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
         stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value
@@ -59,6 +60,7 @@ class BatchNorm(nn.Module):
                 m = self.momentum
                 ra_mean.value = (1 - m) * ra_mean.value + m * mean
                 ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+                count.value = count.value + 1
         inv = jax.lax.rsqrt(var.astype(stats_dtype) + self.epsilon) * scale.astype(stats_dtype)
         y = x.astype(stats_dtype) * inv + (bias.astype(stats_dtype) - mean * inv)
         return y.astype(self.dtype)
