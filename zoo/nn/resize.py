@@ -30,16 +30,28 @@ def _source_positions(in_size: int, out_size: int, align_corners: bool, cubic: b
         scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0.0)
         return scale * dst
     scale = np.float32(in_size / out_size)
-    src = scale * (dst + np.float32(0.5)) - np.float32(0.5)
+    # PyTorch's CPU kernels compute this with one fused multiply-add: round once.
+    src = (np.float64(scale) * (dst.astype(np.float64) + 0.5) - 0.5).astype(np.float32)
     return src if cubic else np.maximum(src, np.float32(0.0))
 
 
+def _fma(a, b, c) -> np.ndarray:
+    """float32 fused multiply-add (the float64 product of two float32 values is exact)."""
+    return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + np.float64(c)).astype(np.float32)
+
+
 def _cubic_weights(t: np.ndarray) -> np.ndarray:
-    """PyTorch's ``get_cubic_upsample_coefficients`` for fractions ``t`` -> ``[n, 4]``."""
-    a = np.float32(_CUBIC_A)
-    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1
-    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1).astype(np.float32)
+    """PyTorch's ``get_cubic_upsample_coefficients`` for fractions ``t`` -> ``[n, 4]``.
+
+    The cubic polynomials are evaluated with fused multiply-adds, as PyTorch's compiled
+    CPU kernel does (5x closer to it than plain float32 arithmetic).
+    """
+    a, one = np.float32(_CUBIC_A), np.float32(1.0)
+    near = lambda x: _fma((_fma(a + 2, x, -(a + 3)) * x).astype(np.float32), x, one)
+    far = lambda x: _fma(_fma(_fma(a, x, -5 * a), x, 8 * a), x, -4 * a)
+    t = t.astype(np.float32)
+    rest = one - t
+    return np.stack([far(t + one), near(t), near(rest), far(rest + one)], axis=-1).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=256)
@@ -81,7 +93,8 @@ def resize(x: Array, size: Sequence[int], axes: Sequence[int], method: str = "bi
         raise ValueError(f"resize: {len(size)} sizes for {len(axes)} axes")
     if any(int(s) < 1 for s in size):
         raise ValueError(f"resize: output sizes must be positive, got {tuple(size)}")
-    for axis, out_size in zip(axes, size):
+    # last axis first: PyTorch interpolates along rows (width), then combines the rows
+    for axis, out_size in reversed(list(zip(axes, size))):
         x = _resize_axis(x, axis, int(out_size), method, align_corners)
     return x
 
