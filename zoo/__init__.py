@@ -8,6 +8,7 @@ parity to the Hugging Face PyTorch originals.
 
 from zoo.config import UnsupportedConfigError, ZooConfig
 from zoo.pretrained import (
+    as_variables,
     build_model,
     export_pytorch,
     from_pretrained,
@@ -19,6 +20,6 @@ from zoo.registry import FAMILIES, UnsupportedModelError, list_architectures
 __version__ = "0.1.0"
 
 __all__ = [
-    "FAMILIES", "UnsupportedConfigError", "UnsupportedModelError", "ZooConfig", "build_model",
+    "FAMILIES", "UnsupportedConfigError", "UnsupportedModelError", "ZooConfig", "as_variables", "build_model",
     "export_pytorch", "from_pretrained", "init_params", "list_architectures", "save_pretrained",
 ]
