@@ -34,16 +34,19 @@ multi-channel arrays raise ``ValueError``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+from zoo.preprocessing.config_file import (
+    read_preprocessor_config,
+    reject_unknown_keys,
+    write_preprocessor_config,
+)
+
 FEATURE_EXTRACTOR_TYPE = "Wav2Vec2FeatureExtractor"
 
 # preprocessor_config.json keys that never change the computation.
@@ -112,30 +115,13 @@ class AudioFeatureExtractor:
                 f"{FEATURE_EXTRACTOR_TYPE!r} only."
             )
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in config if k not in fields and k not in _NEUTRAL_KEYS)
-        if unknown:
-            raise ValueError(
-                f"preprocessor config key(s) {unknown} are not implemented by AudioFeatureExtractor "
-                f"({FEATURE_EXTRACTOR_TYPE} semantics); refusing to ignore them silently."
-            )
+        reject_unknown_keys(config, fields, _NEUTRAL_KEYS, "AudioFeatureExtractor", FEATURE_EXTRACTOR_TYPE)
         return cls(**{k: v for k, v in config.items() if k in fields})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "AudioFeatureExtractor":
         """Read ``<path>/preprocessor_config.json`` (``path`` may also be the JSON file)."""
-        path = os.fspath(path)
-        file = os.path.join(path, PREPROCESSOR_CONFIG_NAME) if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(
-                f"no {PREPROCESSOR_CONFIG_NAME} in directory {path!r}" if os.path.isdir(path)
-                else f"{path!r} does not exist (expected a directory holding {PREPROCESSOR_CONFIG_NAME})"
-            )
-        try:
-            with open(file, encoding="utf-8") as f:
-                config = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{file!r} is not valid JSON: {e}") from None
-        return cls.from_dict(config)
+        return cls.from_dict(read_preprocessor_config(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``preprocessor_config.json`` dict (HF layout, with ``feature_extractor_type``)."""
@@ -145,21 +131,7 @@ class AudioFeatureExtractor:
 
     def save_pretrained(self, directory: str | os.PathLike) -> str:
         """Write ``<directory>/preprocessor_config.json`` atomically; returns its path."""
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        target = os.path.join(directory, PREPROCESSOR_CONFIG_NAME)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".preprocessor_config.", suffix=".tmp")
-        try:
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        return target
+        return write_preprocessor_config(directory, self.to_dict())
 
     # ------------------------------------------------------------------ call
     def __call__(

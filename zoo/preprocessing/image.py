@@ -48,16 +48,21 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from zoo.preprocessing.config_file import (
+    read_preprocessor_config,
+    reject_unknown_keys,
+    write_atomically,
+    write_preprocessor_config,
+)
+
 __all__ = ["BeitImageProcessor", "load_image", "segmentation_to_png", "voc_palette"]
 
-PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 IMAGE_PROCESSOR_TYPE = "BeitImageProcessor"
 _ACCEPTED_TYPES = frozenset({"BeitImageProcessor", "BeitImageProcessorPil", "BeitImageProcessorFast",
                              "BeitFeatureExtractor"})
@@ -458,28 +463,13 @@ class BeitImageProcessor:
                 warnings.warn(f"preprocessor config has reduce_labels={legacy!r} and do_reduce_labels="
                               f"{config['do_reduce_labels']!r}; using do_reduce_labels", UserWarning, stacklevel=2)
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in config if k not in fields and k not in _NEUTRAL_KEYS)
-        if unknown:
-            raise ValueError(f"preprocessor config key(s) {unknown} are not implemented by BeitImageProcessor "
-                             "(HF BEiT semantics); refusing to ignore them silently")
+        reject_unknown_keys(config, fields, _NEUTRAL_KEYS, "BeitImageProcessor", "HF BEiT")
         return cls(**{k: v for k, v in config.items() if k in fields})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "BeitImageProcessor":
         """Read ``<path>/preprocessor_config.json`` (``path`` may also be the JSON file)."""
-        path = os.fspath(path)
-        file = os.path.join(path, PREPROCESSOR_CONFIG_NAME) if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(
-                f"no {PREPROCESSOR_CONFIG_NAME} in directory {path!r}" if os.path.isdir(path)
-                else f"{path!r} does not exist (expected a directory holding {PREPROCESSOR_CONFIG_NAME})"
-            )
-        try:
-            with open(file, encoding="utf-8") as f:
-                config = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{file!r} is not valid JSON: {e}") from None
-        return cls.from_dict(config)
+        return cls.from_dict(read_preprocessor_config(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``preprocessor_config.json`` dict (HF layout; ``None`` fields left out)."""
@@ -492,21 +482,7 @@ class BeitImageProcessor:
 
     def save_pretrained(self, directory: str | os.PathLike) -> str:
         """Write ``<directory>/preprocessor_config.json`` atomically; returns its path."""
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        target = os.path.join(directory, PREPROCESSOR_CONFIG_NAME)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".preprocessor_config.", suffix=".tmp")
-        try:
-            os.chmod(tmp, 0o644)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        return target
+        return write_preprocessor_config(directory, self.to_dict())
 
     # ------------------------------------------------------------------ call
     def __call__(self, images, segmentation_maps=None, *, segmentation_resample: int | None = NEAREST,
@@ -697,17 +673,7 @@ def segmentation_to_png(label_map, path: str | os.PathLike, palette=None) -> str
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".segmentation.", suffix=".png.tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def load_image(path) -> Any:
