@@ -172,6 +172,16 @@ def test_semantic_segmentation_parity(variant):
     assert_outputs_match(got, ref)
 
 
+@pytest.mark.parametrize("implementation", ["winograd", "xla"])
+def test_semantic_segmentation_parity_with_each_conv_implementation(implementation):
+    """The tiny heads are below the Winograd threshold; force each path (zoo/nn/conv.py)."""
+    hf = build(transformers.Data2VecVisionForSemanticSegmentation, hidden_size=48, auxiliary_channels=32,
+               auxiliary_num_convs=2, auxiliary_concat_input=True)
+    labels = np.random.RandomState(7).randint(0, 5, (2, IMAGE, IMAGE)).astype(np.int64)
+    got, ref = run(hf, images(), labels=labels, module_kwargs=dict(conv_implementation=implementation), **FLAGS)
+    assert_outputs_match(got, ref)
+
+
 def test_segmentation_loss_at_another_label_size_and_ignore_index():
     hf = build(transformers.Data2VecVisionForSemanticSegmentation, semantic_loss_ignore_index=0)
     labels = np.random.RandomState(4).randint(0, 5, (2, 50, 44)).astype(np.int64)

@@ -372,10 +372,13 @@ class Data2VecVisionForSemanticSegmentation(nn.Module):
     to update them). ``labels`` ``[B, H, W]``: cross entropy of the logits upsampled
     bilinearly to the labels' size, pixels equal to ``semantic_loss_ignore_index``
     ignored, plus ``auxiliary_loss_weight`` times the auxiliary head's.
+    ``conv_implementation``: ``None`` (Winograd for large 3x3 convolutions on CPU, see
+    ``zoo/nn/conv.py``), ``"xla"`` or ``"winograd"``.
     """
 
     config: Data2VecVisionConfig
     attention_fn: Callable = dot_product_attention
+    conv_implementation: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -411,12 +414,14 @@ class Data2VecVisionForSemanticSegmentation(nn.Module):
         f1 = gelu(BatchNorm(name="fpn1_1", **kw)(f1, use_running_average))
         features = [up("fpn1_3")(f1), up("fpn2_0")(features[1]), features[2], max_pool(features[3], 2)]
 
-        logits = UperHead(cfg.hidden_size, cfg.num_labels, cfg.pool_scales, name="decode_head", **kw)(
+        logits = UperHead(cfg.hidden_size, cfg.num_labels, cfg.pool_scales, self.conv_implementation,
+                          name="decode_head", **kw)(
             features, use_running_average)
         aux_logits = None
         if cfg.use_auxiliary_head:
             aux_logits = FCNHead(cfg.auxiliary_channels, cfg.num_labels, cfg.auxiliary_num_convs,
-                                 cfg.auxiliary_concat_input, name="auxiliary_head", **kw)(features, use_running_average)
+                                 cfg.auxiliary_concat_input, conv_implementation=self.conv_implementation,
+                                 name="auxiliary_head", **kw)(features, use_running_average)
         loss = None
         if labels is not None:
             loss = self.loss(logits, aux_logits, jnp.asarray(labels))

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zoo.nn.conv import Conv2D
 from zoo.nn.layers import ones_init, zeros_init
 from zoo.nn.resize import adaptive_avg_pool, resize
 
@@ -73,15 +74,15 @@ class ConvModule(nn.Module):
     kernel_size: int = 1
     padding: int = 0
     dilation: int = 1
+    conv_implementation: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, use_running_average: bool = True) -> Array:
         k, p = self.kernel_size, self.padding
-        x = nn.Conv(self.features, (k, k), padding=((p, p), (p, p)), kernel_dilation=self.dilation,
-                    use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=conv_kernel_init(), name="convolution")(x)
+        x = Conv2D(self.features, k, p, self.dilation, use_bias=False, implementation=self.conv_implementation,
+                   dtype=self.dtype, param_dtype=self.param_dtype, name="convolution")(x)
         x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="normalization")(x, use_running_average)
         return jax.nn.relu(x)
 
@@ -108,9 +109,8 @@ class ConvTranspose2x2(nn.Module):
         return y + bias.astype(self.dtype)
 
 
-def _classifier(num_labels: int, dtype, param_dtype) -> nn.Conv:
-    return nn.Conv(num_labels, (1, 1), dtype=dtype, param_dtype=param_dtype, kernel_init=conv_kernel_init(),
-                   bias_init=zeros_init(("conv_out",)), name="classifier")
+def _classifier(num_labels: int, dtype, param_dtype) -> Conv2D:
+    return Conv2D(num_labels, 1, dtype=dtype, param_dtype=param_dtype, name="classifier")
 
 
 class PyramidPoolingBlock(nn.Module):
@@ -118,14 +118,15 @@ class PyramidPoolingBlock(nn.Module):
 
     scale: int
     channels: int
+    conv_implementation: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, use_running_average: bool = True) -> Array:
         y = adaptive_avg_pool(x, (self.scale, self.scale), axes=(1, 2))
-        y = ConvModule(self.channels, 1, dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(
-            y, use_running_average)
+        y = ConvModule(self.channels, 1, conv_implementation=self.conv_implementation, dtype=self.dtype,
+                       param_dtype=self.param_dtype, name="conv")(y, use_running_average)
         return resize(y, x.shape[1:3], axes=(1, 2))
 
 
@@ -134,12 +135,14 @@ class PyramidPoolingModule(nn.Module):
 
     pool_scales: Sequence[int]
     channels: int
+    conv_implementation: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, use_running_average: bool = True) -> list[Array]:
-        return [PyramidPoolingBlock(scale, self.channels, self.dtype, self.param_dtype, name=f"blocks_{i}")(
+        return [PyramidPoolingBlock(scale, self.channels, self.conv_implementation, self.dtype, self.param_dtype,
+                                    name=f"blocks_{i}")(
                     x, use_running_average) for i, scale in enumerate(self.pool_scales)]
 
 
@@ -149,17 +152,19 @@ class UperHead(nn.Module):
     channels: int
     num_labels: int
     pool_scales: Sequence[int] = (1, 2, 3, 6)
+    conv_implementation: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features: Sequence[Array], use_running_average: bool = True) -> Array:
-        conv = lambda k, name: ConvModule(self.channels, k, padding=k // 2, dtype=self.dtype,
+        conv = lambda k, name: ConvModule(self.channels, k, padding=k // 2,
+                                          conv_implementation=self.conv_implementation, dtype=self.dtype,
                                           param_dtype=self.param_dtype, name=name)
         laterals = [conv(1, f"lateral_convs_{i}")(x, use_running_average) for i, x in enumerate(features[:-1])]
         top = features[-1]
-        psp = PyramidPoolingModule(self.pool_scales, self.channels, self.dtype, self.param_dtype,
-                                   name="psp_modules")(top, use_running_average)
+        psp = PyramidPoolingModule(self.pool_scales, self.channels, self.conv_implementation, self.dtype,
+                                   self.param_dtype, name="psp_modules")(top, use_running_average)
         laterals.append(conv(3, "psp_bottleneck")(jnp.concatenate([top, *psp], axis=-1), use_running_average))
         for i in range(len(laterals) - 1, 0, -1):  # top-down path
             laterals[i - 1] = laterals[i - 1] + resize(laterals[i], laterals[i - 1].shape[1:3], axes=(1, 2))
@@ -182,6 +187,7 @@ class FCNHead(nn.Module):
     in_index: int = 2
     kernel_size: int = 3
     dilation: int = 1
+    conv_implementation: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -191,8 +197,10 @@ class FCNHead(nn.Module):
         residual = x = features[self.in_index]
         for i in range(self.num_convs):
             x = ConvModule(self.channels, k, padding=(k // 2) * self.dilation, dilation=self.dilation,
-                           dtype=self.dtype, param_dtype=self.param_dtype, name=f"convs_{i}")(x, use_running_average)
+                           conv_implementation=self.conv_implementation, dtype=self.dtype,
+                           param_dtype=self.param_dtype, name=f"convs_{i}")(x, use_running_average)
         if self.concat_input:
-            x = ConvModule(self.channels, k, padding=k // 2, dtype=self.dtype, param_dtype=self.param_dtype,
+            x = ConvModule(self.channels, k, padding=k // 2, conv_implementation=self.conv_implementation,
+                           dtype=self.dtype, param_dtype=self.param_dtype,
                            name="conv_cat")(jnp.concatenate([residual, x], axis=-1), use_running_average)
         return _classifier(self.num_labels, self.dtype, self.param_dtype)(x)
