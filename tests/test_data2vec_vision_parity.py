@@ -299,3 +299,18 @@ def test_init_params_has_batch_stats_only_for_segmentation():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert shapes["data2vec_vision/encoder/layer_0/lambda_1"] == (32,)
+
+
+@pytest.mark.parametrize("hf_cls", [transformers.Data2VecVisionForImageClassification,
+                                    transformers.Data2VecVisionForSemanticSegmentation])
+def test_bfloat16_compute(hf_cls):
+    """``dtype=bfloat16``: bf16 activations, fp32 parameters and softmax statistics; close to fp32."""
+    hf = build(hf_cls, use_absolute_position_embeddings=True, use_shared_relative_position_bias=True)
+    module32, params = to_zoo(hf)
+    module16, _ = to_zoo(hf, dtype="bfloat16")
+    x = jnp.asarray(images())
+    want = np.asarray(module32.apply(as_variables(params), x).logits)
+    got = jax.jit(lambda v, x: module16.apply(v, x, output_attentions=True))(as_variables(params), x)
+    assert got.logits.dtype == jnp.bfloat16 and got.attentions[0].dtype == jnp.bfloat16
+    assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32
+    assert np.abs(np.asarray(got.logits, np.float32) - want).max() <= 0.03 * np.abs(want).max()
