@@ -8,9 +8,10 @@
 """
 
 from zoo.preprocessing.audio import AudioFeatureExtractor
+from zoo.preprocessing.clip_image import CLIPImageProcessor
 from zoo.preprocessing.ctc_decode import CTCDecoder
 from zoo.preprocessing.image import BeitImageProcessor, load_image, segmentation_to_png
 from zoo.preprocessing.wav import WavError, read_wav, to_mono, write_wav
 
-__all__ = ["AudioFeatureExtractor", "BeitImageProcessor", "CTCDecoder", "WavError", "read_wav", "to_mono", "write_wav",
-           "load_image", "segmentation_to_png"]
+__all__ = ["AudioFeatureExtractor", "BeitImageProcessor", "CLIPImageProcessor", "CTCDecoder", "WavError", "read_wav",
+           "to_mono", "write_wav", "load_image", "segmentation_to_png"]

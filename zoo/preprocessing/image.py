@@ -388,17 +388,57 @@ def _stack(arrays: list[np.ndarray], name: str) -> np.ndarray:
     return np.stack(arrays)
 
 
-# ====================================================================== processor
-@dataclasses.dataclass(frozen=True)
-class BeitImageProcessor:
-    """BEiT / Data2Vec-vision image processor (HF ``BeitImageProcessor``, PIL backend).
+# ====================================================================== shared processor plumbing
+# (the dataclass processors here and in :mod:`zoo.preprocessing.clip_image` follow HF's PilBackend)
+def _init_fields(obj, bool_fields: Sequence[str]) -> None:
+    """``__post_init__`` of a processor dataclass: ``None`` -> default (HF ``_set_attributes``),
+    then type checks and canonical ``size`` / ``crop_size`` / mean / std / resample values."""
+    def setattr_(name, value):
+        object.__setattr__(obj, name, value)
 
-    Fields mirror ``preprocessor_config.json`` with HF 5.23 defaults. ``size`` /
-    ``crop_size`` accept an int (square; ``{"shortest_edge": n}`` for ``size`` when
-    ``default_to_square=False``), a ``(height, width)`` pair or a dict with keys
-    ``height``+``width``, ``shortest_edge`` [+ ``longest_edge``] or ``max_height``+``max_width``.
-    A field given as ``None`` takes its default (HF ``_set_attributes``).
-    """
+    for f in dataclasses.fields(obj):
+        if getattr(obj, f.name) is None:
+            setattr_(f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+    for name in bool_fields:
+        if not isinstance(getattr(obj, name), (bool, np.bool_)):
+            raise ValueError(f"{name} must be a bool, got {getattr(obj, name)!r}")
+    if obj.do_convert_rgb is not None and not isinstance(obj.do_convert_rgb, (bool, np.bool_)):
+        raise ValueError(f"do_convert_rgb must be a bool or None, got {obj.do_convert_rgb!r}")
+    if not _is_real(obj.rescale_factor):
+        raise ValueError(f"rescale_factor must be a number, got {obj.rescale_factor!r}")
+    setattr_("size", _size_dict(obj.size, obj.default_to_square, "size"))
+    setattr_("crop_size", _size_dict(obj.crop_size, True, "crop_size"))
+    setattr_("image_mean", _mean_std(obj.image_mean, "image_mean"))
+    setattr_("image_std", _mean_std(obj.image_std, "image_std"))
+    setattr_("resample", _check_resample(obj.resample))
+    setattr_("input_data_format", _channel_format(obj.input_data_format))
+
+
+def _checked_config(config, accepted_types, owner: str) -> dict[str, Any]:
+    """A copy of a ``preprocessor_config.json`` dict whose processor type is one of ``accepted_types``."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"expected a dict (preprocessor_config.json), got {type(config).__name__}")
+    config = dict(config)
+    for key in ("image_processor_type", "feature_extractor_type"):
+        kind = config.get(key)
+        if kind is not None and kind not in accepted_types:
+            raise ValueError(f"{key}={kind!r} is not supported: {owner} implements {sorted(accepted_types)} only")
+    return config
+
+
+def _known_kwargs(cls, config: Mapping[str, Any], neutral, semantics: str) -> dict[str, Any]:
+    """The dataclass fields in ``config``; unknown keys outside ``neutral`` raise ``ValueError``."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    reject_unknown_keys(config, fields, neutral, cls.__name__, semantics)
+    return {k: v for k, v in config.items() if k in fields}
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class _PilImageProcessor:
+    """Base of the processor dataclasses: the fields of HF ``PilBackend`` processors (BEiT
+    defaults; subclasses redeclare the ones whose defaults differ and add their own),
+    ``__post_init__``, ``from_pretrained`` / ``to_dict`` / ``save_pretrained``. Subclasses define
+    ``from_dict`` and the class attribute ``_processor_type``."""
 
     do_resize: bool = True
     size: Any = dataclasses.field(default_factory=lambda: {"height": 224, "width": 224})
@@ -410,31 +450,112 @@ class BeitImageProcessor:
     do_normalize: bool = True
     image_mean: Any = IMAGENET_STANDARD_MEAN
     image_std: Any = IMAGENET_STANDARD_STD
-    do_reduce_labels: bool = False
     do_convert_rgb: bool | None = None
     default_to_square: bool = True
     input_data_format: str | None = None
 
     def __post_init__(self):
-        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-                    for f in dataclasses.fields(self)}
-        for name, default in defaults.items():  # HF: a None kwarg falls back to the class default
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, default)
-        for name in ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_reduce_labels",
-                     "default_to_square"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.do_convert_rgb is not None and not isinstance(self.do_convert_rgb, (bool, np.bool_)):
-            raise ValueError(f"do_convert_rgb must be a bool or None, got {self.do_convert_rgb!r}")
-        if not _is_real(self.rescale_factor):
-            raise ValueError(f"rescale_factor must be a number, got {self.rescale_factor!r}")
-        object.__setattr__(self, "size", _size_dict(self.size, self.default_to_square, "size"))
-        object.__setattr__(self, "crop_size", _size_dict(self.crop_size, True, "crop_size"))
-        object.__setattr__(self, "image_mean", _mean_std(self.image_mean, "image_mean"))
-        object.__setattr__(self, "image_std", _mean_std(self.image_std, "image_std"))
-        object.__setattr__(self, "resample", _check_resample(self.resample))
-        object.__setattr__(self, "input_data_format", _channel_format(self.input_data_format))
+        _init_fields(self, [f.name for f in dataclasses.fields(self) if f.type in ("bool", bool)])
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike):
+        """Read ``<path>/preprocessor_config.json`` (``path`` may also be the JSON file)."""
+        return cls.from_dict(read_preprocessor_config(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``preprocessor_config.json`` dict (HF layout; ``None`` fields left out)."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        for k in ("image_mean", "image_std"):
+            if isinstance(out[k], tuple):
+                out[k] = list(out[k])
+        out["image_processor_type"] = self._processor_type
+        return dict(sorted(out.items()))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> str:
+        """Write ``<directory>/preprocessor_config.json`` atomically; returns its path."""
+        return write_preprocessor_config(directory, self.to_dict())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({json.dumps(self.to_dict(), sort_keys=True)})"
+
+
+def _call_params(obj, overrides: Mapping[str, Any], return_tensors) -> dict[str, Any]:
+    """The fields of ``obj`` with the per-call ``overrides``, canonicalised and validated like HF's
+    ``validate_preprocess_arguments``."""
+    owner = type(obj).__name__
+    if return_tensors not in (None, "np"):
+        raise ValueError(f"return_tensors={return_tensors!r}: {owner} returns numpy arrays only")
+    fields = {f.name for f in dataclasses.fields(obj)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise TypeError(f"unexpected keyword argument(s) {bad}; valid ones are {sorted(fields)}")
+    p = {name: getattr(obj, name) for name in fields}
+    p.update(overrides)
+    if "size" in overrides or "default_to_square" in overrides:
+        p["size"] = _size_dict(p["size"], bool(p["default_to_square"]), "size")
+    p["crop_size"] = _size_dict(p["crop_size"], True, "crop_size")
+    p["image_mean"] = _mean_std(p["image_mean"], "image_mean")
+    p["image_std"] = _mean_std(p["image_std"], "image_std")
+    p["resample"] = _check_resample(p["resample"])
+    p["input_data_format"] = _channel_format(p["input_data_format"])
+    if p["rescale_factor"] is not None and not _is_real(p["rescale_factor"]):
+        raise ValueError(f"rescale_factor must be a number, got {p['rescale_factor']!r}")
+    if p["do_rescale"] and p["rescale_factor"] is None:
+        raise ValueError("rescale_factor must be specified if do_rescale is True")
+    if p["do_normalize"] and (p["image_mean"] is None or p["image_std"] is None):
+        raise ValueError("image_mean and image_std must both be specified if do_normalize is True")
+    if p["do_center_crop"] and p["crop_size"] is None:
+        raise ValueError("crop_size must be specified if do_center_crop is True")
+    if p["do_center_crop"] and set(p["crop_size"]) != {"height", "width"}:
+        raise ValueError(f"crop_size must have keys 'height' and 'width', got {p['crop_size']!r}")
+    if p["do_resize"] and (p["size"] is None or p["resample"] is None):
+        raise ValueError("size and resample must be specified if do_resize is True")
+    return p
+
+
+def _transform(arr: np.ndarray, p: Mapping[str, Any], resample: int, what: str, pixels: bool = True) -> np.ndarray:
+    """HF ``PilBackend._preprocess`` for one channels-first array: resize -> center crop ->
+    (pixels only) rescale -> normalize."""
+    if p["do_resize"]:
+        arr = _resize(arr, *_output_size(arr, p["size"]), resample, what)
+    if p["do_center_crop"]:
+        arr = _center_crop(arr, p["crop_size"]["height"], p["crop_size"]["width"])
+    if pixels:
+        if p["do_rescale"]:
+            arr = _rescale(arr, p["rescale_factor"])
+        if p["do_normalize"]:
+            arr = _normalize(arr, p["image_mean"], p["image_std"], what)
+    return arr
+
+
+def _pixel_values(images, p: Mapping[str, Any]) -> list[np.ndarray]:
+    """Every image of ``images`` (see :func:`_flatten`) through :func:`_to_chw` and :func:`_transform`."""
+    out = []
+    for i, image in enumerate(_flatten(images, 3, "image")):
+        what = f"image {i}"
+        arr = _to_chw(image, p["do_convert_rgb"], p["input_data_format"], what)
+        if p["do_rescale"] and arr.dtype != np.uint8 and arr.size and arr.min() >= 0 and arr.max() <= 1:
+            warnings.warn(f"{what} looks already rescaled to [0, 1] but do_rescale=True multiplies it by "
+                          f"rescale_factor={p['rescale_factor']} again (as HF does); pass do_rescale=False "
+                          "if it is in [0, 1]", UserWarning, stacklevel=3)
+        out.append(_transform(arr, p, p["resample"], what))
+    return out
+
+
+# ====================================================================== processor
+@dataclasses.dataclass(frozen=True, repr=False)
+class BeitImageProcessor(_PilImageProcessor):
+    """BEiT / Data2Vec-vision image processor (HF ``BeitImageProcessor``, PIL backend).
+
+    Fields mirror ``preprocessor_config.json`` with HF 5.23 defaults. ``size`` /
+    ``crop_size`` accept an int (square; ``{"shortest_edge": n}`` for ``size`` when
+    ``default_to_square=False``), a ``(height, width)`` pair or a dict with keys
+    ``height``+``width``, ``shortest_edge`` [+ ``longest_edge``] or ``max_height``+``max_width``.
+    A field given as ``None`` takes its default (HF ``_set_attributes``).
+    """
+
+    do_reduce_labels: bool = False
+    _processor_type = IMAGE_PROCESSOR_TYPE
 
     # ------------------------------------------------------------------ config IO
     @classmethod
@@ -445,14 +566,7 @@ class BeitImageProcessor:
         unknown key raises ``ValueError`` naming it. Legacy ``reduce_labels`` sets
         ``do_reduce_labels`` when that key is absent (HF 4.x behaviour).
         """
-        if not isinstance(config, Mapping):
-            raise TypeError(f"expected a dict (preprocessor_config.json), got {type(config).__name__}")
-        config = dict(config)
-        for key in ("image_processor_type", "feature_extractor_type"):
-            kind = config.get(key)
-            if kind is not None and kind not in _ACCEPTED_TYPES:
-                raise ValueError(f"{key}={kind!r} is not supported: BeitImageProcessor implements "
-                                 f"{sorted(_ACCEPTED_TYPES)} only")
+        config = _checked_config(config, _ACCEPTED_TYPES, "BeitImageProcessor")
         if "reduce_labels" in config:
             legacy = config.pop("reduce_labels")
             if config.get("do_reduce_labels") is None:
@@ -462,27 +576,7 @@ class BeitImageProcessor:
             elif bool(legacy) != bool(config["do_reduce_labels"]):
                 warnings.warn(f"preprocessor config has reduce_labels={legacy!r} and do_reduce_labels="
                               f"{config['do_reduce_labels']!r}; using do_reduce_labels", UserWarning, stacklevel=2)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        reject_unknown_keys(config, fields, _NEUTRAL_KEYS, "BeitImageProcessor", "HF BEiT")
-        return cls(**{k: v for k, v in config.items() if k in fields})
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "BeitImageProcessor":
-        """Read ``<path>/preprocessor_config.json`` (``path`` may also be the JSON file)."""
-        return cls.from_dict(read_preprocessor_config(path))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``preprocessor_config.json`` dict (HF layout; ``None`` fields left out)."""
-        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        for k in ("image_mean", "image_std"):
-            if isinstance(out[k], tuple):
-                out[k] = list(out[k])
-        out["image_processor_type"] = IMAGE_PROCESSOR_TYPE
-        return dict(sorted(out.items()))
-
-    def save_pretrained(self, directory: str | os.PathLike) -> str:
-        """Write ``<directory>/preprocessor_config.json`` atomically; returns its path."""
-        return write_preprocessor_config(directory, self.to_dict())
+        return cls(**_known_kwargs(cls, config, _NEUTRAL_KEYS, "HF BEiT"))
 
     # ------------------------------------------------------------------ call
     def __call__(self, images, segmentation_maps=None, *, segmentation_resample: int | None = NEAREST,
@@ -497,53 +591,17 @@ class BeitImageProcessor:
 
         Returns ``{"pixel_values": float32 [B, C, H, W]}`` plus ``"labels": int64 [B, H, W]``.
         """
-        if return_tensors not in (None, "np"):
-            raise ValueError(f"return_tensors={return_tensors!r}: BeitImageProcessor returns numpy arrays only")
-        fields = {f.name for f in dataclasses.fields(self)}
-        bad = sorted(set(overrides) - fields)
-        if bad:
-            raise TypeError(f"unexpected keyword argument(s) {bad}; valid ones are {sorted(fields)}")
-        p = {name: getattr(self, name) for name in fields}
-        p.update(overrides)
-        if "size" in overrides or "default_to_square" in overrides:
-            p["size"] = _size_dict(p["size"], bool(p["default_to_square"]), "size")
-        p["crop_size"] = _size_dict(p["crop_size"], True, "crop_size")
-        p["image_mean"] = _mean_std(p["image_mean"], "image_mean")
-        p["image_std"] = _mean_std(p["image_std"], "image_std")
-        p["resample"] = _check_resample(p["resample"])
-        p["input_data_format"] = _channel_format(p["input_data_format"])
-        if p["rescale_factor"] is not None and not _is_real(p["rescale_factor"]):
-            raise ValueError(f"rescale_factor must be a number, got {p['rescale_factor']!r}")
-        # HF validate_preprocess_arguments
-        if p["do_rescale"] and p["rescale_factor"] is None:
-            raise ValueError("rescale_factor must be specified if do_rescale is True")
-        if p["do_normalize"] and (p["image_mean"] is None or p["image_std"] is None):
-            raise ValueError("image_mean and image_std must both be specified if do_normalize is True")
-        if p["do_center_crop"] and p["crop_size"] is None:
-            raise ValueError("crop_size must be specified if do_center_crop is True")
-        if p["do_center_crop"] and set(p["crop_size"]) != {"height", "width"}:
-            raise ValueError(f"crop_size must have keys 'height' and 'width', got {p['crop_size']!r}")
-        if p["do_resize"] and (p["size"] is None or p["resample"] is None):
-            raise ValueError("size and resample must be specified if do_resize is True")
+        p = _call_params(self, overrides, return_tensors)
         seg_resample = p["resample"] if segmentation_resample is None else _check_resample(
             segmentation_resample, "segmentation_resample")
 
-        flat = _flatten(images, 3, "image")
-        pixel_values = []
-        for i, image in enumerate(flat):
-            what = f"image {i}"
-            arr = _to_chw(image, p["do_convert_rgb"], p["input_data_format"], what)
-            if p["do_rescale"] and arr.dtype != np.uint8 and arr.size and arr.min() >= 0 and arr.max() <= 1:
-                warnings.warn(f"{what} looks already rescaled to [0, 1] but do_rescale=True multiplies it by "
-                              f"rescale_factor={p['rescale_factor']} again (as HF does); pass do_rescale=False "
-                              "if it is in [0, 1]", UserWarning, stacklevel=2)
-            pixel_values.append(self._process(arr, p, p["resample"], what, is_label=False))
+        pixel_values = _pixel_values(images, p)
         out = {"pixel_values": _stack(pixel_values, "images")}
 
         if segmentation_maps is not None:
             maps = _flatten(segmentation_maps, 2, "segmentation map")
-            if len(maps) != len(flat):
-                raise ValueError(f"got {len(flat)} image(s) but {len(maps)} segmentation map(s); "
+            if len(maps) != len(pixel_values):
+                raise ValueError(f"got {len(pixel_values)} image(s) but {len(maps)} segmentation map(s); "
                                  "give one [H, W] label map per image")
             labels = []
             for i, m in enumerate(maps):
@@ -556,26 +614,12 @@ class BeitImageProcessor:
                     raise ValueError(f"{what} has dtype {arr.dtype}; expected integer labels")
                 if arr.shape[0] == 0 or arr.shape[1] == 0:
                     raise ValueError(f"{what} is empty (shape {arr.shape})")
-                lab = self._process(arr[None], p, seg_resample, what, is_label=True)
+                if p["do_reduce_labels"]:
+                    arr = _reduce_labels(arr)
+                lab = _transform(arr[None], p, seg_resample, what, pixels=False)
                 labels.append(lab[0].astype(np.int64))
             out["labels"] = _stack(labels, "segmentation maps")
         return out
-
-    @staticmethod
-    def _process(arr: np.ndarray, p: dict, resample: int, what: str, is_label: bool) -> np.ndarray:
-        """HF ``BeitImageProcessorPil._preprocess`` for one channels-first array."""
-        if is_label and p["do_reduce_labels"]:
-            arr = _reduce_labels(arr)
-        if p["do_resize"]:
-            arr = _resize(arr, *_output_size(arr, p["size"]), resample, what)
-        if p["do_center_crop"]:
-            arr = _center_crop(arr, p["crop_size"]["height"], p["crop_size"]["width"])
-        if not is_label:
-            if p["do_rescale"]:
-                arr = _rescale(arr, p["rescale_factor"])
-            if p["do_normalize"]:
-                arr = _normalize(arr, p["image_mean"], p["image_std"], what)
-        return arr
 
     # ------------------------------------------------------------------ post-processing
     def post_process_semantic_segmentation(self, outputs, target_sizes: Sequence[Sequence[int]] | None = None,
@@ -620,9 +664,6 @@ class BeitImageProcessor:
         if return_segmentation_scores:
             return [{"segmentation": m, "segmentation_scores": s} for m, s in zip(maps, scores)]
         return maps
-
-    def __repr__(self) -> str:
-        return f"BeitImageProcessor({json.dumps(self.to_dict(), sort_keys=True)})"
 
 
 # ====================================================================== image IO
