@@ -154,3 +154,15 @@ class SemanticSegmenterOutput(ModelOutput):
     logits: Array = None
     hidden_states: tuple | None = None
     attentions: tuple | None = None
+
+
+@flax.struct.dataclass
+class GroupViTModelOutput(ModelOutput):
+    loss: Array = None
+    logits_per_image: Array = None
+    logits_per_text: Array = None
+    segmentation_logits: Array = None
+    text_embeds: Array = None
+    image_embeds: Array = None
+    text_model_output: Any = None
+    vision_model_output: Any = None

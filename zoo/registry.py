@@ -6,7 +6,7 @@ import dataclasses
 
 from converters.mapping import KeyTable
 from zoo.config import ZooConfig
-from zoo.models import big_bird, data2vec_audio, data2vec_text, data2vec_vision, sew_d
+from zoo.models import big_bird, data2vec_audio, data2vec_text, data2vec_vision, groupvit, sew_d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,13 @@ FAMILIES: dict[str, Family] = {
         key_table=big_bird.KEY_TABLE,
         base_architecture="BigBirdModel",
     ),
+    "groupvit": Family(
+        model_type="groupvit",
+        config_class=groupvit.GroupViTConfig,
+        architectures=groupvit.ARCHITECTURES,
+        key_table=groupvit.KEY_TABLE,
+        base_architecture="GroupViTModel",
+    ),
     "sew-d": Family(
         model_type="sew-d",
         config_class=sew_d.SEWDConfig,
@@ -63,9 +70,13 @@ class UnsupportedModelError(ValueError):
     """A family or architecture the zoo does not implement."""
 
 
+# Model types of sub-configs saved on their own (a tower of a two-tower model).
+MODEL_TYPE_ALIASES = {"groupvit_text_model": "groupvit", "groupvit_vision_model": "groupvit"}
+
+
 def get_family(model_type: str | None) -> Family:
     try:
-        return FAMILIES[model_type]
+        return FAMILIES[MODEL_TYPE_ALIASES.get(model_type, model_type)]
     except KeyError:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not supported; supported families: {', '.join(sorted(FAMILIES))}"

@@ -96,24 +96,26 @@ class PatchProjection(nn.Module):
 
 
 def interpolate_pos_encoding(position_embeddings: Array, grid: tuple[int, int], *,
-                             force: bool = False) -> Array:
+                             force: bool = False, class_token: bool = True) -> Array:
     """ViT's position-embedding interpolation (HF ``ViTEmbeddings.interpolate_pos_encoding``).
 
     position_embeddings: ``[1, 1 + n*n, D]`` (class position first, a square grid of
-    trained patch positions). Returns ``[1, 1 + gh*gw, D]`` for the patch grid ``(gh, gw)``,
-    the patch part resampled bicubically (PyTorch's ``align_corners=False``). Unchanged
-    when the grid matches and is square, unless ``force``.
+    trained patch positions), or ``[1, n*n, D]`` with ``class_token=False``. Returns the
+    same layout for the patch grid ``(gh, gw)``, the patch part resampled bicubically
+    (PyTorch's ``align_corners=False``). Unchanged when the grid matches and is square,
+    unless ``force``.
     """
-    num_positions = position_embeddings.shape[1] - 1
+    head = position_embeddings[:, :1] if class_token else position_embeddings[:, :0]
+    patch = position_embeddings[:, head.shape[1]:]
+    num_positions = patch.shape[1]
     side = int(round(num_positions**0.5))
     if side * side != num_positions:
         raise ValueError(f"cannot interpolate {num_positions} position embeddings: not a square grid")
     if not force and grid[0] * grid[1] == num_positions and grid[0] == grid[1]:
         return position_embeddings
     dim = position_embeddings.shape[-1]
-    patch = position_embeddings[:, 1:].reshape(1, side, side, dim)
-    patch = resize(patch, grid, axes=(1, 2), method="bicubic")
-    return jnp.concatenate([position_embeddings[:, :1], patch.reshape(1, -1, dim)], axis=1)
+    patch = resize(patch.reshape(1, side, side, dim), grid, axes=(1, 2), method="bicubic")
+    return jnp.concatenate([head, patch.reshape(1, -1, dim)], axis=1)
 
 
 def drop_path_rates(drop_path_rate: float, num_layers: int) -> list[float]:
