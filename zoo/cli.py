@@ -17,6 +17,7 @@ ASSETS = Path(__file__).parent / "assets"
 TINY_CHECKPOINT = ASSETS / "tiny-data2vec-text"
 TINY_AUDIO_CHECKPOINT = ASSETS / "tiny-data2vec-audio-ctc"
 TINY_WAV = ASSETS / "tiny-speech.wav"
+DEFAULT_INPUT_IDS = "0 31415 232 328 740 1140 12695 69 46078 1588 2"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,13 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a checkpoint on token ids, audio or an image and print its predictions")
     p.add_argument("checkpoint")
-    p.add_argument("--input-ids", default="0 31415 232 328 740 1140 12695 69 46078 1588 2",
+    p.add_argument("--input-ids", default=DEFAULT_INPUT_IDS,
                    help="text models: space-separated token ids (ids >= vocab_size are folded into range)")
     p.add_argument("--audio", help="audio models: a PCM WAV file (CTC heads print the transcription)")
     p.add_argument("--image", help="vision models: an image file (classifiers print top labels, "
                                    "segmentation heads write a colour PNG)")
     p.add_argument("--output", help="segmentation heads: the PNG to write (default: IMAGE-segmentation.png "
-                                    "in the current directory)")
+                                    "in the current directory); GroupViT: write its zero-shot segmentation there")
+    p.add_argument("--labels", help='GroupViT: comma-separated label texts, e.g. "a cat,a dog" (tokenized with '
+                                    "the checkpoint's tokenizer.json; or give --input-ids \"ids, ids\")")
     p.add_argument("--architecture")
     p.add_argument("--top-k", type=int, default=5)
 
@@ -183,6 +186,8 @@ def cmd_run(args) -> None:
     if "pixel_values" in inputs:
         if not image:
             raise ValueError(f"{name} takes images: pass --image FILE")
+        if "input_ids" in inputs:
+            return _run_zero_shot(src, module, params, args)
         return _run_image(src, module, params, args)
     if image:
         raise ValueError(f"{name} does not take images: pass " + ("--audio" if "input_values" in inputs
@@ -197,14 +202,87 @@ def cmd_run(args) -> None:
 
 
 def image_processor_for(src: Path, config):
-    """The checkpoint's ``preprocessor_config.json``, else BEiT defaults at the config's image size."""
-    from zoo.preprocessing import BeitImageProcessor
+    """The checkpoint's ``preprocessor_config.json``, else the family's processor (BEiT's, or
+    CLIP's for GroupViT) with its defaults at the config's image size."""
     from zoo.nn.vision import as_pair
+    from zoo.preprocessing import BeitImageProcessor, CLIPImageProcessor
 
+    clip = config.model_type == "groupvit"
+    processor = CLIPImageProcessor if clip else BeitImageProcessor
     if (src / "preprocessor_config.json").is_file():
-        return BeitImageProcessor.from_pretrained(src)
-    height, width = as_pair(config.image_size, "image_size")
+        return processor.from_pretrained(src)
+    height, width = as_pair(config.vision.image_size if clip else config.image_size, "image_size")
+    if clip:
+        return CLIPImageProcessor(size={"shortest_edge": min(height, width)},
+                                  crop_size={"height": height, "width": width})
     return BeitImageProcessor(size={"height": height, "width": width})
+
+
+def _label_token_ids(src: Path, labels: list[str] | None, input_ids: str | None, pad_id: int):
+    """``(ids [T, L], attention_mask [T, L])`` from label texts (tokenizer.json) or id lists."""
+    import numpy as np
+
+    if labels:
+        path = src / "tokenizer.json"
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise RuntimeError("--labels needs the `tokenizers` package (pip install tokenizers), or pass "
+                               "--input-ids") from None
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no tokenizer.json next to the checkpoint; pass --input-ids "
+                                    '"ids, ids" (one id sequence per label) instead')
+        sequences = [e.ids for e in Tokenizer.from_file(str(path)).encode_batch(labels)]
+    else:
+        try:
+            sequences = [[int(t) for t in part.split()] for part in input_ids.split(",")]
+        except ValueError:
+            raise ValueError(f"--input-ids must be comma-separated sequences of integers, got {input_ids!r}") from None
+    if not sequences or not all(sequences):
+        raise ValueError("every label needs at least one token")
+    length = max(len(seq) for seq in sequences)
+    ids = np.full((len(sequences), length), pad_id, np.int32)
+    mask = np.zeros((len(sequences), length), np.int32)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
+    return ids, mask
+
+
+def _run_zero_shot(src: Path, module, params, args) -> None:
+    """GroupViT: label scores for the image, and the zero-shot segmentation with ``--output``."""
+    import jax
+    import numpy as np
+
+    from zoo.nn.resize import resize
+    from zoo.pretrained import as_variables
+    from zoo.preprocessing import load_image, segmentation_to_png
+
+    labels = [t.strip() for t in (args.labels or "").split(",") if t.strip()]
+    if not labels and args.input_ids in (None, DEFAULT_INPUT_IDS):
+        raise ValueError('pass --labels "a cat,a dog" (with a tokenizer.json) or --input-ids "ids, ids"')
+    cfg = module.config.text
+    ids, mask = _label_token_ids(src, labels, args.input_ids, cfg.pad_token_id or 0)
+    names = labels or [f"text {i}" for i in range(len(ids))]
+    image = load_image(args.image)
+    pixel_values = image_processor_for(src, module.config)(image)["pixel_values"]
+    segment = bool(args.output)
+    out = jax.jit(lambda v, i, m, x: module.apply(v, input_ids=i, attention_mask=m, pixel_values=x,
+                                                  output_segmentation=segment))(
+        as_variables(params), ids, mask, pixel_values)
+    logits = np.asarray(out.logits_per_image[0], np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    print(f"{type(module).__name__} on {args.image} ({image.width}x{image.height} -> "
+          f"{pixel_values.shape[3]}x{pixel_values.shape[2]}), {len(names)} labels")
+    for i in np.argsort(-probs)[: args.top_k]:
+        print(f"  {names[i]}: {probs[i]:.4f}")
+    if segment:
+        seg = resize(out.segmentation_logits[0], (image.height, image.width), axes=(1, 2))  # [T, H, W]
+        label_map = np.asarray(seg).argmax(0)
+        segmentation_to_png(label_map, args.output)
+        counts = np.bincount(label_map.ravel(), minlength=len(names))
+        share = ", ".join(f"{names[i]} {counts[i] / label_map.size:.1%}" for i in np.argsort(-counts)[: args.top_k])
+        print(f"  segmentation {image.width}x{image.height} -> {args.output}; largest: {share}")
 
 
 def _run_image(src: Path, module, params, args) -> None:
