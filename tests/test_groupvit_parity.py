@@ -176,3 +176,23 @@ def test_config_accepts_tower_configs_and_rejects_what_it_lacks():
         ref = tower.layernorm(tower.encoder(hidden).last_hidden_state)
     assert max_diff(out.last_hidden_state, ref) <= 1e-5
     assert as_variables(params) == {"params": params}
+
+
+def test_checkpoint_round_trip_is_bit_exact(tmp_path):
+    """PyTorch -> zoo (params + BatchNorm1d statistics) -> zoo directory -> PyTorch."""
+    from zoo import pretrained
+
+    hf = joint()
+    hf.save_pretrained(tmp_path / "hf")
+    module, variables, report = pretrained.from_pretrained(tmp_path / "hf", return_report=True)
+    assert report.summary() == "all keys matched" and set(variables) == {"params", "batch_stats"}
+    pretrained.save_pretrained(tmp_path / "zoo", module, variables)
+    again, variables = pretrained.from_pretrained(tmp_path / "zoo")
+    pretrained.export_pytorch(tmp_path / "pt", again, variables)
+    exported = transformers.GroupViTModel.from_pretrained(tmp_path / "pt").eval()
+    want, got = hf.state_dict(), exported.state_dict()
+    assert set(got) == set(want)
+    for key in want:
+        assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+    text_only, params = pretrained.from_pretrained(tmp_path / "hf", "GroupViTTextModel")
+    assert set(params) == {"text_model"}
