@@ -197,8 +197,9 @@ def test_segmentation_batch_norm_training_mode():
     module, variables = to_zoo(hf)
     x = images(batch=3)
     labels = np.random.RandomState(5).randint(0, 5, (3, IMAGE, IMAGE)).astype(np.int64)
-    got, updated = module.apply(variables, jnp.asarray(x), labels=jnp.asarray(labels), use_running_average=False,
-                                deterministic=False, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+    got, updated = jax.jit(lambda v: module.apply(
+        v, jnp.asarray(x), labels=jnp.asarray(labels), use_running_average=False, deterministic=False,
+        rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]))(variables)
     hf.train()
     ref = hf(torch.from_numpy(x), labels=torch.from_numpy(labels))
     assert_outputs_match(got, ref)
@@ -217,10 +218,11 @@ def test_drop_path_uses_its_own_rng_stream():
     hf = build(transformers.Data2VecVisionForImageClassification, drop_path_rate=0.5)
     module, params = to_zoo(hf)
     x = jnp.asarray(images(batch=4))
-    apply = lambda seed: module.apply({"params": params}, x, deterministic=False,
-                                      rngs={"dropout": jax.random.key(0), "drop_path": jax.random.key(seed)}).logits
+    train = jax.jit(lambda p, key: module.apply({"params": p}, x, deterministic=False,
+                                                rngs={"dropout": jax.random.key(0), "drop_path": key}).logits)
+    apply = lambda seed: train(params, jax.random.key(seed))
     a, b, a2 = apply(1), apply(2), apply(1)
-    eval_logits = module.apply({"params": params}, x).logits
+    eval_logits = jax.jit(lambda p: module.apply({"params": p}, x).logits)(params)
     assert np.array_equal(np.asarray(a), np.asarray(a2))
     assert max_diff(a, np.asarray(b)) > 1e-4 and max_diff(a, np.asarray(eval_logits)) > 1e-4
     with pytest.raises(Exception, match="drop_path"):
@@ -278,7 +280,7 @@ def test_clear_errors():
         init_params(build_model(cfg.replace(out_indices=(1, 2, 3)), "Data2VecVisionForSemanticSegmentation"))
     one = build_model(cfg.replace(num_labels=1, out_indices=(1, 2, 3, 4)), "Data2VecVisionForSemanticSegmentation")
     with pytest.raises(ValueError, match="number of labels"):
-        one.apply(init_params(one), jnp.zeros((1, 3, IMAGE, IMAGE)), labels=jnp.zeros((1, IMAGE, IMAGE), jnp.int32))
+        one.apply({"params": {}}, jnp.zeros((1, 3, IMAGE, IMAGE)), labels=jnp.zeros((1, IMAGE, IMAGE), jnp.int32))
     with pytest.raises(UnsupportedConfigError, match="patch_size"):
         Data2VecVisionConfig.from_dict(dict(hf_config().to_dict(), patch_size=[4, 8]))
     with pytest.raises(UnsupportedConfigError, match="hidden_act"):
@@ -309,7 +311,7 @@ def test_bfloat16_compute(hf_cls):
     module32, params = to_zoo(hf)
     module16, _ = to_zoo(hf, dtype="bfloat16")
     x = jnp.asarray(images())
-    want = np.asarray(module32.apply(as_variables(params), x).logits)
+    want = np.asarray(jax.jit(lambda v, x: module32.apply(v, x).logits)(as_variables(params), x))
     got = jax.jit(lambda v, x: module16.apply(v, x, output_attentions=True))(as_variables(params), x)
     assert got.logits.dtype == jnp.bfloat16 and got.attentions[0].dtype == jnp.bfloat16
     assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32

@@ -115,7 +115,7 @@ def test_model_parity_more_texts_than_images_without_segmentation():
     with torch.no_grad():
         ref = hf(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(x),
                  attention_mask=torch.from_numpy(mask))
-    got = module.apply(variables, input_ids=ids, pixel_values=x, attention_mask=mask)
+    got = jax.jit(lambda v: module.apply(v, input_ids=ids, pixel_values=x, attention_mask=mask))(variables)
     assert got.logits_per_image.shape == (2, 3) and got.segmentation_logits is None and got.loss is None
     assert_outputs_match(got, ref, skip=("text_model_output", "vision_model_output"))
     compare_nested(got, ref)
@@ -129,8 +129,8 @@ def test_text_and_image_features():
     with torch.no_grad():
         text_ref = hf.get_text_features(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
         image_ref = hf.get_image_features(pixel_values=torch.from_numpy(x))
-    text = module.apply(variables, ids, mask, method=module.get_text_features)
-    image = module.apply(variables, x, method=module.get_image_features)
+    text = jax.jit(lambda v: module.apply(v, ids, mask, method=module.get_text_features))(variables)
+    image = jax.jit(lambda v: module.apply(v, x, method=module.get_image_features))(variables)
     assert max_diff(text, text_ref.pooler_output) <= 1e-5
     assert max_diff(image, image_ref.pooler_output) <= 1e-5
 
@@ -149,8 +149,9 @@ def test_gumbel_assignment_in_training_uses_its_rng():
     hf = joint()
     module, variables = to_zoo(hf)
     x = images()
-    run = lambda seed: module.apply(variables, input_ids=text_inputs(batch=2)[0], pixel_values=x,
-                                    deterministic=False, rngs={"gumbel": jax.random.key(seed)}).image_embeds
+    train = jax.jit(lambda v, key: module.apply(v, input_ids=text_inputs(batch=2)[0], pixel_values=x,
+                                                deterministic=False, rngs={"gumbel": key}).image_embeds)
+    run = lambda seed: train(variables, jax.random.key(seed))
     a, b = run(0), run(1)
     assert np.array_equal(np.asarray(a), np.asarray(run(0))) and max_diff(a, np.asarray(b)) > 1e-6
     with pytest.raises(Exception, match="gumbel"):
@@ -169,7 +170,7 @@ def test_config_accepts_tower_configs_and_rejects_what_it_lacks():
     module, params = to_zoo(hf)
     with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
         module.apply({"params": params}, images(size=48))
-    out = module.apply({"params": params}, images(size=48), interpolate_pos_encoding=True)
+    out = jax.jit(lambda p: module.apply({"params": p}, images(size=48), interpolate_pos_encoding=True))(params)
     with torch.no_grad():  # HF's vision model does not pass the flag on: run its parts with it
         tower = hf.vision_model
         hidden = tower.embeddings(torch.from_numpy(images(size=48)), interpolate_pos_encoding=True)
