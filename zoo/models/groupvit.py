@@ -8,6 +8,7 @@ BatchNorm1d statistics live in the ``batch_stats`` collection.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -126,18 +127,20 @@ class GroupViTConfig(ZooConfig):
     initializer_factor: float = 1.0
     output_segmentation: bool = False
 
-    @property
+    @functools.cached_property
     def text(self) -> GroupViTTextConfig:
+        """The text tower's config, built (and validated) once."""
         return GroupViTTextConfig.from_dict(dict(self.text_config or {}, model_type=GroupViTTextConfig.model_type))
 
-    @property
+    @functools.cached_property
     def vision(self) -> GroupViTVisionConfig:
+        """The vision tower's config, built (and validated) once."""
         return GroupViTVisionConfig.from_dict(dict(self.vision_config or {},
                                                    model_type=GroupViTVisionConfig.model_type))
 
     def validate(self) -> None:
         super().validate()
-        self.text, self.vision  # noqa: B018 (validates both)
+        _ = (self.text, self.vision)  # building the tower configs validates them
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GroupViTConfig":
