@@ -197,3 +197,26 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
         assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
     text_only, params = pretrained.from_pretrained(tmp_path / "hf", "GroupViTTextModel")
     assert set(params) == {"text_model"}
+
+
+def test_model_segmentation_at_another_image_size():
+    """``interpolate_pos_encoding`` through GroupViTModel: a 40x56 image (HF's joint model does not
+    pass the flag to its vision tower, so the reference runs with it forced in the embeddings)."""
+    import functools
+
+    hf = joint()
+    module, variables = to_zoo(hf)
+    ids, mask = text_inputs(batch=2)
+    x = np.random.RandomState(3).randn(2, 3, 40, 56).astype(np.float32)
+    embeddings = hf.vision_model.embeddings
+    embeddings.forward = functools.partial(type(embeddings).forward, embeddings, interpolate_pos_encoding=True)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(x),
+                 attention_mask=torch.from_numpy(mask), output_segmentation=True)
+    with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
+        module.apply(variables, input_ids=ids, pixel_values=x, attention_mask=mask)
+    got = jax.jit(lambda v: module.apply(v, input_ids=ids, pixel_values=x, attention_mask=mask,
+                                         output_segmentation=True, interpolate_pos_encoding=True))(variables)
+    assert got.segmentation_logits.shape == (2, 2, 40, 56)
+    assert_outputs_match(got, ref, skip=("text_model_output", "vision_model_output"))
+    compare_nested(got, ref)

@@ -561,7 +561,8 @@ class GroupViTModel(nn.Module):
     """Both towers, projections and the contrastive scores (``logits_per_image`` ``[B_img, B_txt]``).
 
     ``output_segmentation=True`` adds ``segmentation_logits`` ``[B_img, B_txt, H, W]`` at image
-    resolution, as HF computes them. ``return_loss``: CLIP's symmetric contrastive loss.
+    resolution, as HF computes them (and, as HF, turns ``output_attentions`` on for both towers).
+    ``return_loss``: CLIP's symmetric contrastive loss.
     """
 
     config: GroupViTConfig
@@ -609,7 +610,8 @@ class GroupViTModel(nn.Module):
                  deterministic: bool = True, use_running_average: bool = True) -> "out.GroupViTModelOutput":
         cfg = self.config
         output_segmentation = cfg.output_segmentation if output_segmentation is None else output_segmentation
-        vision = self.vision_model(pixel_values, output_attentions or output_segmentation, output_hidden_states,
+        output_attentions = output_attentions or output_segmentation  # as HF: both towers return them
+        vision = self.vision_model(pixel_values, output_attentions, output_hidden_states,
                                    interpolate_pos_encoding, deterministic)
         text = self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
                                deterministic)
@@ -628,8 +630,6 @@ class GroupViTModel(nn.Module):
             flat = grouping.reshape(grouping.shape[0], grouping.shape[1], -1)
             seg_logits = (jnp.swapaxes(per_group, 1, 2) @ flat * scale).reshape(
                 *per_group.shape[::2][:1], text_embeds.shape[0], *grouping.shape[2:])
-            if not output_attentions:
-                vision = vision.replace(attentions=None)
         loss = None
         if return_loss:
             labels = jnp.arange(logits_per_text.shape[0])
