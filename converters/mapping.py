@@ -128,7 +128,12 @@ def _module_to_torch(module: str, table: KeyTable) -> str:
 
 
 def _module_to_torch_generic(module: str) -> str:
-    return ".".join(re.sub(r"^(.*[^_])_(\d+)$", r"\1.\2", seg) for seg in module.split("/") if seg)
+    # "layer_3" -> "layer.3", "fpn1_0" -> "fpn1.0", "blocks_0_1" -> "blocks.0.1" (nested ModuleLists)
+    return ".".join(_TRAILING_INDICES.sub(lambda m: m.group(1) + m.group(2).replace("_", "."), seg)
+                    for seg in module.split("/") if seg)
+
+
+_TRAILING_INDICES = re.compile(r"^(.*?[^_\d]\d*)((?:_\d+)+)$")
 
 
 def _split_torch_key(key: str) -> tuple[str, str]:

@@ -166,3 +166,22 @@ class GroupViTModelOutput(ModelOutput):
     image_embeds: Array = None
     text_model_output: Any = None
     vision_model_output: Any = None
+
+
+@flax.struct.dataclass
+class IdeficsBaseModelOutputWithPast(ModelOutput):
+    last_hidden_state: Array = None
+    past_key_values: Any = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+    image_hidden_states: Array = None
+
+
+@flax.struct.dataclass
+class IdeficsCausalLMOutputWithPast(ModelOutput):
+    loss: Array = None
+    logits: Array = None
+    past_key_values: Any = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+    image_hidden_states: Array = None

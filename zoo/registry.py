@@ -6,7 +6,7 @@ import dataclasses
 
 from converters.mapping import KeyTable
 from zoo.config import ZooConfig
-from zoo.models import big_bird, data2vec_audio, data2vec_text, data2vec_vision, groupvit, sew_d
+from zoo.models import big_bird, data2vec_audio, data2vec_text, data2vec_vision, groupvit, idefics, sew_d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,13 @@ FAMILIES: dict[str, Family] = {
         architectures=groupvit.ARCHITECTURES,
         key_table=groupvit.KEY_TABLE,
         base_architecture="GroupViTModel",
+    ),
+    "idefics": Family(
+        model_type="idefics",
+        config_class=idefics.IdeficsConfig,
+        architectures=idefics.ARCHITECTURES,
+        key_table=idefics.KEY_TABLE,
+        base_architecture="IdeficsModel",
     ),
     "sew-d": Family(
         model_type="sew-d",

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from converters.mapping import KeyTable
 from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
-from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation
+from zoo.nn.clip import CLIPEncoderLayer, CLIPMLP, clip_attention
+from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm
 from zoo.nn.losses import cross_entropy
-from zoo.nn.mha import MultiHeadAttention
 from zoo.nn.resize import resize
 from zoo.nn.upernet import BatchNorm
 from zoo.nn.vision import PatchEmbeddings, as_pair
@@ -160,58 +160,15 @@ KEY_TABLE = KeyTable(base_model_prefix="groupvit", ignore_unused=(r"position_ids
 
 
 # ------------------------------------------------------------------------ shared pieces
-class GroupViTMLP(nn.Module):
-    """fc1 -> activation -> fc2 (sizes default to the config's)."""
-
-    config: Any
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    output_size: int | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        cfg = self.config
-        inter = self.intermediate_size or cfg.intermediate_size
-        outs = self.output_size or self.hidden_size or cfg.hidden_size
-        kw = dict(std=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
-        x = Dense(inter, ("embed", "mlp"), name="fc1", **kw)(x)
-        return Dense(outs, ("mlp", "embed"), name="fc2", **kw)(activation(cfg.hidden_act)(x))
+GroupViTMLP = CLIPMLP
+GroupViTEncoderLayer = CLIPEncoderLayer
 
 
-class GroupViTMixerMLP(GroupViTMLP):
+class GroupViTMixerMLP(CLIPMLP):
     """The MLP across tokens: ``[B, tokens, C]`` -> ``[B, output_size tokens, C]``."""
 
     def __call__(self, x: Array) -> Array:
         return jnp.swapaxes(super().__call__(jnp.swapaxes(x, 1, 2)), 1, 2)
-
-
-def _attention(config, name: str, attention_fn, dtype, param_dtype) -> MultiHeadAttention:
-    return MultiHeadAttention(config.hidden_size, config.num_attention_heads, config.attention_dropout,
-                              std=config.initializer_range, attention_fn=attention_fn, dtype=dtype,
-                              param_dtype=param_dtype, name=name)
-
-
-class GroupViTEncoderLayer(nn.Module):
-    """Pre-LayerNorm transformer layer (CLIP's): self_attn, layer_norm1, mlp, layer_norm2."""
-
-    config: Any
-    attention_fn: Callable = dot_product_attention
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True,
-                 output_attentions: bool = False):
-        cfg = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h, probs = _attention(cfg, "self_attn", self.attention_fn, **kw)(
-            LayerNorm(cfg.layer_norm_eps, name="layer_norm1", **kw)(x), mask, deterministic=deterministic,
-            output_attentions=output_attentions)
-        x = x + h
-        x = x + GroupViTMLP(cfg, name="mlp", **kw)(LayerNorm(cfg.layer_norm_eps, name="layer_norm2", **kw)(x))
-        return x, probs
 
 
 # ------------------------------------------------------------------------- text tower
@@ -333,7 +290,7 @@ class GroupViTCrossAttentionLayer(nn.Module):
     def __call__(self, query: Array, key: Array, deterministic: bool = True) -> Array:
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = query + _attention(cfg, "attn", self.attention_fn, **kw)(
+        x = query + clip_attention(cfg, "attn", self.attention_fn, **kw)(
             query, key_value_states=key, deterministic=deterministic)[0]
         x = x + GroupViTMLP(cfg, name="mlp", **kw)(LayerNorm(cfg.layer_norm_eps, name="norm2", **kw)(x))
         return LayerNorm(cfg.layer_norm_eps, name="norm_post", **kw)(x)

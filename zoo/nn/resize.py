@@ -23,13 +23,15 @@ Array = jax.Array
 _CUBIC_A = -0.75  # PyTorch's bicubic coefficient
 
 
-def _source_positions(in_size: int, out_size: int, align_corners: bool, cubic: bool) -> np.ndarray:
-    """PyTorch's ``area_pixel_compute_source_index`` for every output index, in float32."""
+def _source_positions(in_size: int, out_size: int, align_corners: bool, cubic: bool,
+                      scale_factor: float | None = None) -> np.ndarray:
+    """PyTorch's ``area_pixel_compute_source_index`` for every output index, in float32
+    (``scale_factor``: the one given to ``F.interpolate``, which then sets the spacing)."""
     dst = np.arange(out_size, dtype=np.float32)
     if align_corners:
         scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0.0)
         return scale * dst
-    scale = np.float32(in_size / out_size)
+    scale = np.float32(1.0 / scale_factor if scale_factor else in_size / out_size)
     # PyTorch's CPU kernels compute this with one fused multiply-add: round once.
     src = (np.float64(scale) * (dst.astype(np.float64) + 0.5) - 0.5).astype(np.float32)
     return src if cubic else np.maximum(src, np.float32(0.0))
@@ -55,16 +57,17 @@ def _cubic_weights(t: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=256)
-def interpolation_taps(in_size: int, out_size: int, method: str, align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
+def interpolation_taps(in_size: int, out_size: int, method: str, align_corners: bool,
+                       scale_factor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(indices, weights)``, both ``[out_size, taps]``: output ``i`` = sum_t w[i, t] x[idx[i, t]]."""
     if method == "bilinear":
-        src = _source_positions(in_size, out_size, align_corners, cubic=False)
+        src = _source_positions(in_size, out_size, align_corners, cubic=False, scale_factor=scale_factor)
         i0 = np.minimum(src.astype(np.int64), in_size - 1)  # src >= 0: truncation is floor
         frac = (src - i0).astype(np.float32)
         i1 = np.minimum(i0 + 1, in_size - 1)
         return np.stack([i0, i1], -1), np.stack([1 - frac, frac], -1).astype(np.float32)
     if method == "bicubic":
-        src = _source_positions(in_size, out_size, align_corners, cubic=True)
+        src = _source_positions(in_size, out_size, align_corners, cubic=True, scale_factor=scale_factor)
         base = np.floor(src).astype(np.int64)
         frac = (src - base).astype(np.float32)
         idx = np.clip(base[:, None] + np.arange(-1, 3)[None, :], 0, in_size - 1)
@@ -72,30 +75,40 @@ def interpolation_taps(in_size: int, out_size: int, method: str, align_corners: 
     raise ValueError(f"interpolation method {method!r} is not supported; choose 'bilinear' or 'bicubic'")
 
 
-def _resize_axis(x: Array, axis: int, out_size: int, method: str, align_corners: bool) -> Array:
+def _resize_axis(x: Array, axis: int, out_size: int, method: str, align_corners: bool,
+                 scale_factor: float | None = None) -> Array:
     in_size = x.shape[axis]
-    if in_size == out_size:  # PyTorch's rules map every output exactly onto its input
-        return x
-    idx, w = interpolation_taps(in_size, out_size, method, align_corners)
+    if in_size == out_size and (scale_factor is None or align_corners):
+        return x  # PyTorch's rules map every output exactly onto its input
+    idx, w = interpolation_taps(in_size, out_size, method, align_corners, scale_factor)
     x = jnp.moveaxis(x, axis, -1)
     taps = jnp.take(x, jnp.asarray(idx), axis=-1)  # [..., out, taps]
     y = jnp.einsum("...ot,ot->...o", taps, jnp.asarray(w, x.dtype), precision=jax.lax.Precision.HIGHEST)
     return jnp.moveaxis(y, -1, axis)
 
 
-def resize(x: Array, size: Sequence[int], axes: Sequence[int], method: str = "bilinear",
-           align_corners: bool = False) -> Array:
+def resize(x: Array, size: Sequence[int] | None, axes: Sequence[int], method: str = "bilinear",
+           align_corners: bool = False, scale_factor: Sequence[float] | None = None) -> Array:
     """``F.interpolate(x, size, mode=method, align_corners=align_corners)`` over ``axes``.
 
     x: any layout, e.g. ``[B, H, W, C]`` with ``axes=(1, 2)``. size: one output size per axis.
+    scale_factor (instead of ``size``): ``F.interpolate(x, scale_factor=...)``: output sizes
+    ``floor(in * s)`` and PyTorch's sampling spacing ``1 / s`` (not ``in / out``).
     """
+    if (size is None) == (scale_factor is None):
+        raise ValueError("resize: pass exactly one of size or scale_factor")
+    if scale_factor is not None:
+        if len(scale_factor) != len(axes) or any(s <= 0 for s in scale_factor):
+            raise ValueError(f"resize: need one positive scale factor per axis, got {tuple(scale_factor)}")
+        size = [math.floor(x.shape[a] * float(s)) for a, s in zip(axes, scale_factor)]
     if len(size) != len(axes):
         raise ValueError(f"resize: {len(size)} sizes for {len(axes)} axes")
     if any(int(s) < 1 for s in size):
         raise ValueError(f"resize: output sizes must be positive, got {tuple(size)}")
     # last axis first: PyTorch interpolates along rows (width), then combines the rows
-    for axis, out_size in reversed(list(zip(axes, size))):
-        x = _resize_axis(x, axis, int(out_size), method, align_corners)
+    scales = [None] * len(axes) if scale_factor is None else [float(s) for s in scale_factor]
+    for axis, out_size, scale in reversed(list(zip(axes, size, scales))):
+        x = _resize_axis(x, axis, int(out_size), method, align_corners, scale)
     return x
 
 
