@@ -57,3 +57,16 @@ def test_resize_bfloat16_and_errors():
         resize(x, (10, 10), axes=(1,))
     with pytest.raises(ValueError, match="positive"):
         resize(x, (0, 10), axes=(1, 2))
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("shape,scale", [((16, 16), (16.1 / 16, 14.1 / 16)), ((7, 9), (2.5, 0.5)), ((6, 6), (1.0, 1.7))])
+def test_interpolate_by_scale_factor_matches_torch(method, shape, scale):
+    """``scale_factor=`` sets the output size (floor) and the sampling spacing 1/s: an unchanged
+    size still resamples when s != 1 (IDEFICS' positions at (patches + 0.1) / side)."""
+    x = _nchw(4, (1, 2, *shape))
+    want = F.interpolate(torch.from_numpy(x), scale_factor=scale, mode=method, align_corners=False).numpy()
+    got = resize(jnp.asarray(x), None, axes=(2, 3), method=method, scale_factor=scale)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="exactly one of size or scale_factor"):
+        resize(jnp.asarray(x), shape, axes=(2, 3), scale_factor=scale)

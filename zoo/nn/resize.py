@@ -78,8 +78,10 @@ def interpolation_taps(in_size: int, out_size: int, method: str, align_corners: 
 def _resize_axis(x: Array, axis: int, out_size: int, method: str, align_corners: bool,
                  scale_factor: float | None = None) -> Array:
     in_size = x.shape[axis]
-    if in_size == out_size and (scale_factor is None or align_corners):
-        return x  # PyTorch's rules map every output exactly onto its input
+    if in_size == out_size and (scale_factor is None or align_corners or method == "bilinear"):
+        # PyTorch maps every output exactly onto its input; given a scale factor != 1, its
+        # bicubic kernel still resamples an unchanged size (the bilinear one copies).
+        return x
     idx, w = interpolation_taps(in_size, out_size, method, align_corners, scale_factor)
     x = jnp.moveaxis(x, axis, -1)
     taps = jnp.take(x, jnp.asarray(idx), axis=-1)  # [..., out, taps]
