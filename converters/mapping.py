@@ -15,6 +15,11 @@ Generic rules (both directions):
 A :class:`KeyTable` adds what the rules cannot know: renamed modules, tied weights
 (aliases), buffers that may be dropped and head parameters that may be freshly
 initialised. The same table runs forwards (import) and backwards (export).
+
+Import is planned before anything is read: :func:`plan_torch_to_flax` gives every Flax
+path a :class:`TensorSource` (checkpoint key + transpose), from which
+:func:`torch_to_flax` reads whole tensors one at a time and ``zoo.parallel`` reads only
+each device's slice.
 """
 
 from __future__ import annotations
@@ -173,12 +178,55 @@ def flax_to_torch_key(path: str, table: KeyTable) -> str:
 
 
 # ------------------------------------------------------------------------ tensors
-def _to_flax_value(path: str, value: np.ndarray) -> np.ndarray:
+def flax_axes(path: str, ndim: int) -> tuple[int, ...] | None:
+    """The permutation turning an ``ndim``-d PyTorch tensor into the Flax value at ``path``
+    (``value = tensor.transpose(axes)``), or None when the value is stored as is."""
     if path.endswith("/kernel") or path == "kernel":
-        if value.ndim not in _TO_FLAX_AXES:
-            raise KeyMappingError(f"cannot convert a {value.ndim}-d weight to a kernel at {path}")
-        value = np.ascontiguousarray(value.transpose(_TO_FLAX_AXES[value.ndim]))
-    return value
+        if ndim not in _TO_FLAX_AXES:
+            raise KeyMappingError(f"cannot convert a {ndim}-d weight to a kernel at {path}")
+        return _TO_FLAX_AXES[ndim]
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSource:
+    """Where one Flax parameter comes from, without reading it.
+
+    The Flax value at ``path`` is ``checkpoint[key].transpose(self.axes(ndim))``: a Linear
+    weight ``[out, in]`` becomes a kernel ``[in, out]``, a Conv weight ``[out, in, *k]`` a
+    kernel ``[*k, in, out]``, anything else is kept as stored, and so is every tensor
+    when ``torch_layout`` is False (a zoo directory, already in Flax layout). A slice of
+    the Flax value is therefore a transposed slice of the checkpoint tensor:
+    :meth:`checkpoint_index` names that slice and :meth:`to_flax` turns it, or the whole
+    tensor, into Flax layout.
+    """
+
+    key: str
+    path: str
+    torch_layout: bool = True
+
+    def axes(self, ndim: int) -> tuple[int, ...] | None:
+        """The permutation applied to the ``ndim``-d checkpoint tensor (None: none)."""
+        return flax_axes(self.path, ndim) if self.torch_layout else None
+
+    def flax_shape(self, checkpoint_shape: tuple[int, ...]) -> tuple[int, ...]:
+        axes = self.axes(len(checkpoint_shape))
+        return tuple(checkpoint_shape) if axes is None else tuple(checkpoint_shape[a] for a in axes)
+
+    def checkpoint_index(self, index: tuple[slice, ...]) -> tuple[slice, ...]:
+        """The checkpoint-layout index of the Flax-layout ``index`` (one slice per dimension)."""
+        axes = self.axes(len(index))
+        if axes is None:
+            return tuple(index)
+        out = [slice(None)] * len(axes)
+        for flax_dim, torch_dim in enumerate(axes):
+            out[torch_dim] = index[flax_dim]
+        return tuple(out)
+
+    def to_flax(self, value: np.ndarray) -> np.ndarray:
+        """A checkpoint tensor (or a slice of one, see :meth:`checkpoint_index`) in Flax layout."""
+        axes = self.axes(value.ndim)
+        return value if axes is None else np.ascontiguousarray(value.transpose(axes))
 
 
 def _to_torch_value(path: str, value: np.ndarray) -> np.ndarray:
@@ -189,10 +237,53 @@ def _to_torch_value(path: str, value: np.ndarray) -> np.ndarray:
     return value
 
 
-def _cast(value: np.ndarray, dtype) -> np.ndarray:
-    if dtype is None or not np.issubdtype(value.dtype, np.floating) and value.dtype.name != "bfloat16":
-        return value
-    return value.astype(dtype, copy=False)
+def cast_dtype(stored, dtype) -> np.dtype:
+    """The dtype :func:`cast` gives a tensor stored as ``stored``."""
+    stored = np.dtype(stored)
+    if dtype is None or not np.issubdtype(stored, np.floating) and stored.name != "bfloat16":
+        return stored
+    return np.dtype(dtype)
+
+
+def cast(value: np.ndarray, dtype) -> np.ndarray:
+    """``value`` as ``dtype`` if it is floating (bfloat16 included); integers, or dtype None: unchanged."""
+    return value.astype(cast_dtype(value.dtype, dtype), copy=False)
+
+
+def check_shape(src: TensorSource, shape: tuple[int, ...], expected: Mapping[str, tuple], source: str) -> None:
+    """Raise :class:`KeyMappingError` unless ``shape`` (Flax layout) is what the model expects."""
+    want = tuple(expected[src.path])
+    if tuple(shape) != want:
+        raise KeyMappingError(
+            f"{source}: {src.key!r} has shape {tuple(shape)} after conversion, but the model "
+            f"expects {want} at {src.path} (a config that does not match the weights?)"
+        )
+
+
+def read_source(get: Callable[[str], np.ndarray], src: TensorSource, expected: Mapping[str, tuple], *,
+                dtype=None, source: str = "checkpoint") -> np.ndarray:
+    """One parameter: read with ``get``, in Flax layout, shape checked, cast (see :func:`cast`)."""
+    value = src.to_flax(np.asarray(get(src.key)))
+    check_shape(src, value.shape, expected, source)
+    return cast(value, dtype)
+
+
+def read_sources(get: Callable[[str], np.ndarray], sources: Mapping[str, TensorSource],
+                 expected: Mapping[str, tuple], *, dtype=None, source: str = "checkpoint",
+                 on_tensor: Callable[[str], None] | None = None,
+                 place: Callable[[np.ndarray], object] | None = None) -> dict[str, object]:
+    """Read every source in turn with ``get`` (one whole tensor at a time): Flax layout,
+    shape checked, floating tensors cast to ``dtype`` (None keeps the checkpoint's).
+    ``place`` (e.g. ``jax.device_put``) moves each tensor as soon as it is read, so the
+    numpy copies never pile up next to the placed ones."""
+    params = {}
+    for path, src in sources.items():
+        value = read_source(get, src, expected, dtype=dtype, source=source)
+        params[path] = value if place is None else place(value)
+        del value
+        if on_tensor:
+            on_tensor(src.key)
+    return params
 
 
 # ------------------------------------------------------------------------- import
@@ -214,6 +305,28 @@ def torch_to_flax(
     dtype: cast floating tensors to this dtype (None keeps the checkpoint's).
     Raises :class:`KeyMappingError` on a shape mismatch or a missing parameter that the
     table does not allow to be missing.
+    """
+    sources, report = plan_torch_to_flax(keys, table, expected, source=source)
+    return read_sources(get, sources, expected, dtype=dtype, source=source, on_tensor=on_tensor), report
+
+
+def plan_torch_to_flax(
+    keys: Iterable[str],
+    table: KeyTable,
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    shape_of: Callable[[str], tuple[int, ...]] | None = None,
+    source: str = "checkpoint",
+) -> tuple[dict[str, TensorSource], ConversionReport]:
+    """Match checkpoint keys to Flax paths without reading any tensor.
+
+    Returns ``{flax_path: TensorSource}`` (in reading order: checkpoint keys first, then
+    tied duplicates standing in for their target) and the report of what happened to
+    every key. With ``shape_of`` (checkpoint key -> shape, from the file headers) every
+    shape is checked here, before anything is read; without it :func:`read_sources`
+    checks each one as it reads it.
+    Raises :class:`KeyMappingError` when two keys map to one parameter, on a shape
+    mismatch, or when a parameter the table does not allow to be missing is absent.
     """
     keys = list(keys)
     report = ConversionReport()
@@ -237,21 +350,23 @@ def torch_to_flax(
             return key
         return key[len(prefix) + 1:]
 
+    def make_source(key: str, path: str) -> TensorSource:
+        src = TensorSource(key, path)
+        if shape_of is not None:
+            check_shape(src, src.flax_shape(tuple(shape_of(key))), expected, source)
+        return src
+
     aliases = {frame_alias(a): frame_alias(b) for a, b in table.aliases}
     ignore = [re.compile(p) for p in table.ignore_unused]
-    params: dict[str, np.ndarray] = {}
-    sources: dict[str, str] = {}
+    sources: dict[str, TensorSource] = {}
     alias_sources: dict[str, str] = {}
     for key in keys:
         framed = head_frame(key)
         path = torch_to_flax_path(framed, table, expected) if framed is not None else None
         if path is not None and path in expected:
-            if path in params:
-                raise KeyMappingError(f"{source}: keys {sources[path]!r} and {key!r} both map to {path}")
-            value = _load(get, key, path, expected, dtype, source)
-            params[path], sources[path] = value, key
-            if on_tensor:
-                on_tensor(key)
+            if path in sources:
+                raise KeyMappingError(f"{source}: keys {sources[path].key!r} and {key!r} both map to {path}")
+            sources[path] = make_source(key, path)
         elif framed is not None and framed in aliases:
             report.aliased.append(key)
             alias_sources[aliases[framed]] = key
@@ -262,34 +377,23 @@ def torch_to_flax(
 
     allowed = [re.compile(p) for p in table.init_if_missing]
     for path in expected:
-        if path in params:
+        if path in sources:
             continue
         target = flax_to_torch_key(path, table)
         if target in alias_sources:  # only the tied duplicate is in the checkpoint
             key = alias_sources[target]
-            params[path] = _load(get, key, path, expected, dtype, source)
+            sources[path] = make_source(key, path)
             report.aliased.remove(key)
         elif any(p.search(path) for p in allowed):
             report.missing.append(path)
         else:
-            missing = [p for p in expected if p not in params and not any(a.search(p) for a in allowed)]
+            missing = [p for p in expected if p not in sources and not any(a.search(p) for a in allowed)]
             raise KeyMappingError(
                 f"{source}: {len(missing)} parameters missing from the checkpoint "
                 f"(wrong family or architecture?): {', '.join(flax_to_torch_key(p, table) for p in missing[:8])}"
                 + (" ..." if len(missing) > 8 else "")
             )
-    return params, report
-
-
-def _load(get, key: str, path: str, expected, dtype, source: str) -> np.ndarray:
-    value = _to_flax_value(path, np.asarray(get(key)))
-    want = tuple(expected[path])
-    if tuple(value.shape) != want:
-        raise KeyMappingError(
-            f"{source}: {key!r} has shape {tuple(value.shape)} after conversion, but the model "
-            f"expects {want} at {path} (a config that does not match the weights?)"
-        )
-    return _cast(value, dtype)
+    return sources, report
 
 
 # ------------------------------------------------------------------------- export

@@ -58,6 +58,19 @@ class Checkpoint:
         """Read one tensor into a fresh C-contiguous array that owns its memory."""
         return self._shard(key).read(key)
 
+    def read_slice(self, key: str, index: tuple) -> np.ndarray:
+        """Read ``tensor[index]`` (a tuple of slices) into a fresh array. Safetensors shards
+        are memory-mapped and copy only the slice; PyTorch shards read the whole tensor
+        (see :meth:`sliceable`)."""
+        shard = self._shard(key)
+        if isinstance(shard, SafetensorsFile):
+            return shard.read_slice(key, index)
+        return np.array(shard.read(key)[index], order="C")
+
+    def sliceable(self, key: str) -> bool:
+        """True when :meth:`read_slice` reads only the slice (not the whole tensor)."""
+        return isinstance(self._shard(key), SafetensorsFile)
+
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         """Yield (name, array) for every tensor, shard by shard, reading one tensor at a time."""
         for shard in self._shards:

@@ -28,6 +28,7 @@ class SafetensorsFile:
     def __init__(self, path: str):
         self.path = path
         self._file = open_binary(path)
+        self._map: np.memmap | None = None  # the whole file, mapped on the first view()
         try:
             self.metadata, self._entries = _parse_header(self._file, path)
         except BaseException:
@@ -56,7 +57,20 @@ class SafetensorsFile:
         read_exact(self._file, entry.start, byte_view(out), self.path, f"tensor {key!r}")
         return out
 
+    def view(self, key: str) -> np.ndarray:
+        """A read-only array over the memory-mapped bytes of one tensor (nothing is read
+        until it is indexed; pages are loaded as they are touched)."""
+        entry = self._entries[key]
+        if self._map is None:
+            self._map = np.memmap(self._file, dtype=np.uint8, mode="r")
+        return self._map[entry.start:entry.start + entry.nbytes].view(entry.dtype).reshape(entry.shape)
+
+    def read_slice(self, key: str, index: tuple) -> np.ndarray:
+        """Copy ``tensor[index]`` into a fresh C-contiguous array; only the slice's bytes are copied."""
+        return np.array(self.view(key)[index], order="C")
+
     def close(self) -> None:
+        self._map = None  # views handed out keep their own reference to the mapping
         self._file.close()
 
 

@@ -21,13 +21,34 @@ def save_safetensors(tensors: Mapping[str, np.ndarray], path, metadata: dict[str
     reference implementation (largest itemsize first, then by name) so every tensor is
     aligned to its itemsize; the header is space-padded to a multiple of 8 bytes.
     """
-    order = sorted(tensors, key=lambda name: (-_check_tensor(name, tensors[name]).itemsize, name))
-    header = _header(tensors, order, metadata)
+    specs = {name: (_check_tensor(name, arr), tuple(arr.shape)) for name, arr in tensors.items()}
+    save_safetensors_streamed(specs, tensors.__getitem__, path, metadata)
+
+
+def save_safetensors_streamed(specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]], load: Callable[[str], np.ndarray],
+                              path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file whose tensors are produced one at a time: ``specs`` gives
+    every name's ``(dtype, shape)`` up front (the header), ``load(name)`` the array when it is
+    its turn to be written, so at most one tensor is in memory. Atomic, like
+    :func:`save_safetensors`; a loaded array whose dtype or shape differs from its spec is
+    an error (nothing is left behind)."""
+    specs = {name: (np.dtype(dtype), tuple(shape)) for name, (dtype, shape) in specs.items()}
+    for name, (dtype, _) in specs.items():
+        _check_name(name)
+        if dtype.name not in SAFETENSORS_CODES:
+            raise TypeError(f"tensor {name!r}: dtype {dtype} cannot be stored in safetensors")
+    order = sorted(specs, key=lambda name: (-specs[name][0].itemsize, name))
+    header = _header(specs, order, metadata)
 
     def write(f):
         f.write(header)
         for name in order:
-            f.write(byte_view(_little_endian(tensors[name])))
+            arr = load(name)
+            if _check_tensor(name, arr) != specs[name][0] or tuple(arr.shape) != specs[name][1]:
+                raise ValueError(f"tensor {name!r}: got {arr.dtype} {tuple(arr.shape)}, the header says "
+                                 f"{specs[name][0]} {specs[name][1]}")
+            f.write(byte_view(_little_endian(arr)))
+            del arr
 
     _write_atomic(os.fspath(path), write)
 
@@ -86,10 +107,14 @@ def atomic_directory(final_path) -> Iterator[str]:
         raise
 
 
-def _check_tensor(name, arr) -> np.dtype:
-    """Validate one entry of the mapping; return its dtype."""
+def _check_name(name) -> None:
     if not isinstance(name, str) or name == "__metadata__":
         raise TypeError(f"tensor names must be strings other than '__metadata__', got {name!r}")
+
+
+def _check_tensor(name, arr) -> np.dtype:
+    """Validate one entry of the mapping; return its dtype."""
+    _check_name(name)
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"tensor {name!r}: expected a numpy array, got {type(arr).__name__}")
     if arr.dtype.name not in SAFETENSORS_CODES:
@@ -97,17 +122,18 @@ def _check_tensor(name, arr) -> np.dtype:
     return arr.dtype
 
 
-def _header(tensors: Mapping[str, np.ndarray], order: list[str], metadata: dict | None) -> bytes:
-    """The 8-byte length prefix plus the space-padded JSON header."""
+def _header(specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]], order: list[str], metadata: dict | None) -> bytes:
+    """The 8-byte length prefix plus the space-padded JSON header (``specs``: name -> (dtype, shape))."""
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise TypeError("safetensors metadata must map str to str")
     header = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name in order:
-        arr = tensors[name]
-        code = SAFETENSORS_CODES[arr.dtype.name]
-        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
+        dtype, shape = specs[name]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_CODES[dtype.name], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw

@@ -498,13 +498,32 @@ class _FailingMapping(dict):
 
 def test_writer_is_atomic(tmp_path):
     arrays = _numpy_tensors(_all_dtypes())
-    mapping = _FailingMapping(arrays, fail_at=2 * len(arrays) + 3)  # two header passes, then 2 tensors written
+    mapping = _FailingMapping(arrays, fail_at=3)  # the header comes from items(): 2 tensors written, then boom
     with pytest.raises(RuntimeError, match="boom"):
         save_safetensors(mapping, tmp_path / "out.safetensors")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(TypeError, match="'bad'"):
         save_safetensors({"bad": [1, 2]}, tmp_path / "out.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_streamed_writer_loads_one_tensor_at_a_time(tmp_path):
+    """``save_safetensors_streamed``: the header from specs, each tensor asked for once, in the
+    file's order, and checked against its spec (a mismatch leaves nothing behind)."""
+    from converters.writers import save_safetensors_streamed
+
+    arrays = _numpy_tensors(_all_dtypes())
+    specs = {k: (v.dtype, v.shape) for k, v in arrays.items()}
+    asked = []
+    save_safetensors_streamed(specs, lambda k: asked.append(k) or arrays[k], tmp_path / "a.safetensors")
+    save_safetensors(arrays, tmp_path / "b.safetensors")
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    assert sorted(asked) == sorted(arrays) and len(asked) == len(set(asked))
+    name = next(iter(arrays))
+    bad = dict(specs, **{name: (arrays[name].dtype, (7, 7, 7))})
+    with pytest.raises(ValueError, match="the header says"):
+        save_safetensors_streamed(bad, arrays.__getitem__, tmp_path / "c.safetensors")
+    assert not (tmp_path / "c.safetensors").exists() and len(list(tmp_path.iterdir())) == 2
 
 
 def test_writer_sharded_loads_in_transformers(tmp_path, tiny_model):

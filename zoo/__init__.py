@@ -16,10 +16,11 @@ from zoo.pretrained import (
     save_pretrained,
 )
 from zoo.registry import FAMILIES, UnsupportedModelError, list_architectures
+from zoo import parallel  # noqa: E402  (after zoo.pretrained, which it builds on)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FAMILIES", "UnsupportedConfigError", "UnsupportedModelError", "ZooConfig", "as_variables", "build_model",
-    "export_pytorch", "from_pretrained", "init_params", "list_architectures", "save_pretrained",
+    "export_pytorch", "from_pretrained", "init_params", "list_architectures", "parallel", "save_pretrained",
 ]

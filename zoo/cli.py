@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="HF PyTorch checkpoint (dir or hub id) -> zoo directory")
     p.add_argument("src", help="local HF checkpoint directory or hub repo id")
     p.add_argument("out", help="output directory (must not exist)")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (parameter storage)")
+    p.add_argument("--dtype", default=None,
+                   help="float32 | bfloat16 | float16 (parameter storage; default: the checkpoint's)")
     p.add_argument("--architecture", help="head to build (default: the config's architectures[0])")
     p.add_argument("--verify", action="store_true",
                    help="run HF PyTorch and the zoo on a random input and print max abs differences")
@@ -71,15 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_convert(args) -> None:
     from zoo import pretrained
 
-    dtype = pretrained.as_dtype(args.dtype)
+    dtype = None if args.dtype is None else pretrained.as_dtype(args.dtype)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: output already exists")
     src = pretrained.resolve_checkpoint(args.src)
     module, report = pretrained.convert(src, out, args.architecture, param_dtype=dtype, progress=True)
     count = sum(math.prod(s) for s in pretrained.param_shapes(module, state=False).values())
+    import numpy as np
+
+    stored = np.dtype(module.param_dtype).name
     print(f"converted {src} -> {out} ({type(module).__name__}, {count:,} parameters, "
-          f"{args.dtype}); {report.summary()}")
+          f"{stored}{'' if args.dtype else ', as stored'}); {report.summary()}")
     if args.verify:
         _, params = pretrained.from_pretrained(out)
         _verify(src, module, params)

@@ -26,9 +26,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, KeyMappingError
-from converters.mapping import ConversionReport, flax_to_torch, torch_to_flax
-from converters.readers import open_checkpoint
-from converters.writers import atomic_directory, save_safetensors
+from converters.mapping import (
+    ConversionReport,
+    TensorSource,
+    cast_dtype,
+    check_shape,
+    flax_to_torch,
+    plan_torch_to_flax,
+    read_source,
+    read_sources,
+)
+from converters.readers import Checkpoint, open_checkpoint
+from converters.writers import atomic_directory, save_safetensors, save_safetensors_streamed
 from zoo.config import ZooConfig
 from zoo.registry import Family, UnsupportedModelError, family_of_architecture, get_family
 
@@ -125,10 +134,18 @@ def _collections(variables: Mapping) -> dict:
     return {"params": variables["params"], **state} if state else variables["params"]
 
 
-def param_shapes(module: nn.Module, *, state: bool = True) -> dict[str, tuple[int, ...]]:
+def abstract_variables(module: nn.Module) -> dict:
+    """``module.init``'s variables as shapes only (``jax.ShapeDtypeStruct`` leaves, still boxed
+    with their logical axis names); nothing is allocated."""
+    return jax.eval_shape(lambda: _init(module, jax.random.key(0)))
+
+
+def param_shapes(module: nn.Module, *, state: bool = True,
+                 abstract: Mapping | None = None) -> dict[str, tuple[int, ...]]:
     """Flax path -> shape of every parameter (and, with ``state``, of every batch statistic
-    under ``"batch_stats/..."``), without allocating anything."""
-    abstract = _collections(jax.eval_shape(lambda: _init(module, jax.random.key(0))))
+    under ``"batch_stats/..."``), without allocating anything (``abstract``: the
+    :func:`abstract_variables` of ``module`` if already at hand)."""
+    abstract = _collections(abstract_variables(module) if abstract is None else abstract)
     if not state and is_variables(abstract):
         abstract = abstract["params"]
     return {p: tuple(v.shape) for p, v in flatten_variables(abstract).items()}
@@ -141,10 +158,28 @@ def init_params(module: nn.Module, rng: jax.Array | int = 0) -> dict:
     return _collections(jax.jit(lambda key: _init(module, key))(rng))
 
 
+def init_flat(module: nn.Module, rng: jax.Array | int, paths: Sequence[str],
+              shardings: Mapping[str, jax.sharding.Sharding] | None = None) -> dict[str, jax.Array]:
+    """Fresh values of the parameters at ``paths`` only (flat paths, state under
+    ``"batch_stats/..."``), the same values :func:`init_params` gives them; the other
+    initialisers are never run. ``shardings`` ({path: Sharding}) places each one (each
+    device then holds only its shard)."""
+    paths = list(paths)
+    if not paths:
+        return {}
+    rng = jax.random.key(rng) if isinstance(rng, int) else rng
+
+    def pick(key):
+        flat = flatten_variables(_collections(_init(module, key)))
+        return {p: flat[p] for p in paths}
+
+    out = None if shardings is None else {p: shardings[p] for p in paths}
+    return jax.jit(pick, out_shardings=out)(rng)
+
+
 def logical_axes(module: nn.Module) -> dict:
     """The logical axis names of every parameter (a ``PartitionSpec`` tree)."""
-    abstract = jax.eval_shape(lambda: _init(module, jax.random.key(0)))
-    return nn.get_partition_spec(abstract)["params"]
+    return nn.get_partition_spec(abstract_variables(module))["params"]
 
 
 # ------------------------------------------------------------------- resolving
@@ -222,42 +257,67 @@ def build_model(config: ZooConfig, architecture: str | None = None, *, dtype=jnp
 
 
 # --------------------------------------------------------------------- loading
+def open_weights(directory: Path) -> Checkpoint:
+    """The weights of a checkpoint directory: the zoo file if there is one, else the HF checkpoint."""
+    zoo_file = Path(directory) / ZOO_WEIGHTS
+    return open_checkpoint(zoo_file if zoo_file.exists() else directory)
+
+
+def plan_params(ckpt: Checkpoint, module: nn.Module,
+                expected: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, TensorSource], ConversionReport]:
+    """Flax path -> :class:`TensorSource` of every parameter of ``module`` that ``ckpt``
+    provides (``expected``: :func:`param_shapes` of ``module``), every shape checked from the
+    file headers; no tensor is read. Raises :class:`KeyMappingError` on missing parameters
+    (e.g. a checkpoint of another family) or shapes that do not fit."""
+    if Path(ckpt.path).name != ZOO_WEIGHTS:
+        family = get_family(module.config.model_type)
+        return plan_torch_to_flax(ckpt.keys(), family.key_table, expected, shape_of=ckpt.shape,
+                                  source=str(Path(ckpt.path).parent))
+    report = ConversionReport()
+    sources = {}
+    for key in ckpt.keys():
+        if key not in expected:
+            report.unused.append(key)
+            continue
+        sources[key] = TensorSource(key, key, torch_layout=False)
+        check_shape(sources[key], ckpt.shape(key), expected, ckpt.path)
+    missing = [k for k in expected if k not in sources]
+    if missing:
+        raise KeyMappingError(f"{ckpt.path}: {len(missing)} parameters missing: {', '.join(missing[:8])}")
+    return sources, report
+
+
+def checkpoint_dtype(ckpt: Checkpoint):
+    """The storage dtype of most floating tensors of ``ckpt`` (float32 when it is none of
+    float32, bfloat16, float16): the module's ``param_dtype`` when the checkpoint's is kept."""
+    counts: dict[str, int] = {}
+    for key in ckpt.keys():
+        name = np.dtype(ckpt.dtype(key)).name
+        if name in _DTYPES or name == "float64":
+            counts[name] = counts.get(name, 0) + 1
+    best = max(counts, key=counts.get, default="float32")
+    return _DTYPES.get(best, jnp.float32)
+
+
 def load_flat_params(
     directory: Path,
     module: nn.Module,
     *,
     param_dtype=None,
     on_tensor: Callable[[str], None] | None = None,
+    place: Callable[[np.ndarray], Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], ConversionReport]:
-    """Read (and convert if needed) the weights of ``directory`` for ``module`` as numpy."""
-    family = get_family(module.config.model_type)
+    """Read (and convert if needed) the weights of ``directory`` for ``module`` as numpy
+    (or, with ``place``, as what ``place`` makes of each tensor right after reading it)."""
     expected = param_shapes(module)
-    np_dtype = None if param_dtype is None else np.dtype(as_dtype(param_dtype))
-    zoo_file = directory / ZOO_WEIGHTS
-    with open_checkpoint(zoo_file if zoo_file.exists() else directory) as ckpt:
-        if zoo_file.exists():
-            return _load_zoo_params(ckpt, expected, np_dtype, zoo_file, family, on_tensor)
-        return torch_to_flax(ckpt.keys(), ckpt.get, family.key_table, expected, dtype=np_dtype,
-                             source=str(directory), on_tensor=on_tensor)
+    with open_weights(directory) as ckpt:
+        sources, report = plan_params(ckpt, module, expected)
+        return read_sources(ckpt.get, sources, expected, dtype=_np_dtype(param_dtype), source=ckpt.path,
+                            on_tensor=on_tensor, place=place), report
 
 
-def _load_zoo_params(ckpt, expected, np_dtype, path, family, on_tensor):
-    report = ConversionReport()
-    params = {}
-    for key in ckpt.keys():
-        if key not in expected:
-            report.unused.append(key)
-            continue
-        value = ckpt.get(key)
-        if tuple(value.shape) != expected[key]:
-            raise KeyMappingError(f"{path}: {key} has shape {tuple(value.shape)}, the model expects {expected[key]}")
-        params[key] = value if np_dtype is None or value.dtype.kind in "iub" else value.astype(np_dtype)
-        if on_tensor:
-            on_tensor(key)
-    missing = [k for k in expected if k not in params]
-    if missing:
-        raise KeyMappingError(f"{path}: {len(missing)} parameters missing: {', '.join(missing[:8])}")
-    return params, report
+def _np_dtype(param_dtype) -> np.dtype | None:
+    return None if param_dtype is None else np.dtype(as_dtype(param_dtype))
 
 
 def from_pretrained(
@@ -269,6 +329,8 @@ def from_pretrained(
     rng: jax.Array | int = 0,
     return_report: bool = False,
     progress: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    axis_rules=None,
     **module_kwargs,
 ):
     """``(model, params)`` from a HF PyTorch checkpoint, a zoo directory or a hub repo id.
@@ -278,20 +340,36 @@ def from_pretrained(
     (``model.apply(params, ...)``); ``as_variables(params)`` gives the dict in both cases.
 
     progress: show a progress bar on stderr for checkpoints over 100 MB.
-    dtype: compute dtype; param_dtype: storage dtype of the returned params.
+    dtype: compute dtype; param_dtype: storage dtype of the returned params (None keeps
+    the checkpoint's: a bfloat16 checkpoint stays bfloat16).
+    mesh: load straight onto this device mesh (:func:`zoo.parallel.make_mesh`): every
+    parameter is sharded by its logical axis names (``axis_rules``, default
+    :data:`zoo.parallel.LOGICAL_AXIS_RULES`) and each device reads only its slice of the
+    checkpoint, so a model larger than one device's memory loads.
     Parameters a task head needs but the checkpoint lacks (declared by the family's key
     table, e.g. a classifier on top of a pretrained body) are initialised from ``rng``
     and listed in the report (``return_report=True`` returns ``(model, params, report)``).
     """
     directory = resolve_checkpoint(path_or_repo_id)
     family, config = read_config(directory)
-    module = build_model(config, architecture, dtype=dtype, param_dtype=param_dtype, **module_kwargs)
+    if param_dtype is None:
+        with open_weights(directory) as ckpt:
+            module_param_dtype = checkpoint_dtype(ckpt)
+    else:
+        module_param_dtype = param_dtype
+    module = build_model(config, architecture, dtype=dtype, param_dtype=module_param_dtype, **module_kwargs)
     with _progress_bar(directory, enabled=progress) as on_tensor:
-        flat, report = load_flat_params(directory, module, param_dtype=param_dtype, on_tensor=on_tensor)
-    if report.missing:
-        fresh = flatten_variables(init_params(module, rng))
-        flat.update({p: fresh[p] for p in report.missing})
-    params = pack_variables({k: jnp.asarray(v) for k, v in flat.items()})
+        if mesh is not None:
+            from zoo import parallel
+
+            params, report = parallel.load_onto_mesh(directory, module, mesh, param_dtype=param_dtype, rng=rng,
+                                                     rules=axis_rules, on_tensor=on_tensor)
+            return (module, params, report) if return_report else (module, params)
+        # each tensor goes to the device as soon as it is read: the model is never in memory twice
+        flat, report = load_flat_params(directory, module, param_dtype=param_dtype, on_tensor=on_tensor,
+                                        place=jax.device_put)
+    flat.update(init_flat(module, rng, report.missing))
+    params = pack_variables(flat)
     return (module, params, report) if return_report else (module, params)
 
 
@@ -337,29 +415,55 @@ def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, params: Mappi
 
 
 def convert(src: str | os.PathLike, out_dir: str | os.PathLike, architecture: str | None = None, *,
-            param_dtype=jnp.float32, progress: bool = False) -> tuple[nn.Module, ConversionReport]:
-    """HF checkpoint -> zoo directory, tensor by tensor in numpy (peak memory ~ the output's size)."""
+            param_dtype=None, progress: bool = False) -> tuple[nn.Module, ConversionReport]:
+    """HF checkpoint -> zoo directory, streamed: the output file's header is planned from the
+    checkpoint's headers, then each tensor is read, converted, cast and written before the next
+    one is read (peak memory: about one tensor; pages of the memory-mapped input and output
+    aside). ``param_dtype=None`` keeps the checkpoint's dtype (bfloat16 stays bfloat16)."""
     directory = resolve_checkpoint(src)
     _, config = read_config(directory)
-    module = build_model(config, architecture, param_dtype=param_dtype)
-    with _progress_bar(directory, enabled=progress) as on_tensor:
-        flat, report = load_flat_params(directory, module, param_dtype=param_dtype, on_tensor=on_tensor)
-    if report.missing:
-        fresh = flatten_variables(init_params(module, 0))
-        flat.update({p: np.asarray(fresh[p]) for p in report.missing})
-    _save_flat(out_dir, module, flat, auxiliary_files(directory))
+    np_dtype = _np_dtype(param_dtype)
+    with open_weights(directory) as ckpt:
+        module = build_model(config, architecture,
+                             param_dtype=checkpoint_dtype(ckpt) if param_dtype is None else param_dtype)
+        expected = param_shapes(module)
+        sources, report = plan_params(ckpt, module, expected)
+        fresh = {p: np.asarray(v) for p, v in init_flat(module, 0, report.missing).items()}
+        specs = {p: (cast_dtype(ckpt.dtype(s.key), np_dtype), expected[p]) for p, s in sources.items()}
+        specs.update({p: (v.dtype, v.shape) for p, v in fresh.items()})
+        with _progress_bar(directory, enabled=progress) as on_tensor:
+            def load(path: str) -> np.ndarray:
+                if path in fresh:
+                    return fresh[path]
+                value = read_source(ckpt.get, sources[path], expected, dtype=np_dtype, source=ckpt.path)
+                if on_tensor:
+                    on_tensor(sources[path].key)
+                return value
+
+            _write_zoo_dir(out_dir, module, lambda file: save_safetensors_streamed(
+                specs, load, file, metadata=_zoo_metadata(module)), auxiliary_files(directory))
     return module, report
+
+
+def _zoo_metadata(module: nn.Module) -> dict[str, str]:
+    return {"format": "zoo-flax", "architecture": type(module).__name__}
 
 
 def _save_flat(out_dir, module: nn.Module, flat: Mapping[str, np.ndarray],
                extra_files: Sequence[str | os.PathLike]) -> Path:
+    return _write_zoo_dir(out_dir, module, lambda file: save_safetensors(flat, file, _zoo_metadata(module)),
+                          extra_files)
+
+
+def _write_zoo_dir(out_dir, module: nn.Module, write_weights: Callable[[Path], None],
+                   extra_files: Sequence[str | os.PathLike]) -> Path:
+    """config.json + the weights (``write_weights(path)``) + copies of ``extra_files``; all or nothing."""
     with atomic_directory(out_dir) as tmp:
         tmp = Path(tmp)
         for path in extra_files:
             shutil.copyfile(path, tmp / Path(path).name)
         (tmp / CONFIG_NAME).write_text(json.dumps(_config_dict(module), indent=2, sort_keys=True) + "\n")
-        save_safetensors(flat, tmp / ZOO_WEIGHTS,
-                         metadata={"format": "zoo-flax", "architecture": type(module).__name__})
+        write_weights(tmp / ZOO_WEIGHTS)
     return Path(out_dir)
 
 
@@ -380,6 +484,7 @@ def export_pytorch(out_dir: str | os.PathLike, module: nn.Module, params: Mappin
 
 __all__ = [
     "CheckpointError", "as_dtype", "as_variables", "flatten_variables", "is_variables", "pack_variables", "build_model", "export_pytorch", "flatten", "from_pretrained",
-    "init_params", "load_flat_params", "logical_axes", "param_shapes", "read_config",
+    "abstract_variables", "init_flat", "init_params", "load_flat_params", "logical_axes", "open_weights",
+    "param_shapes", "plan_params", "read_config",
     "resolve_checkpoint", "save_pretrained", "unflatten",
 ]

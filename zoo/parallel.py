@@ -1,0 +1,305 @@
+"""Device meshes, logical-axis sharding rules, and loading a checkpoint straight onto a mesh.
+
+Every parameter of every model carries logical axis names (``("embed", "heads")`` for a
+query kernel ``[hidden, heads * head_dim]``); :data:`LOGICAL_AXIS_RULES` maps them to the
+three mesh axes:
+
+* ``data``: pure data parallelism (parameters replicated, the batch split);
+* ``fsdp``: the batch split too, and parameters sharded along their ``embed``-like axis
+  (ZeRO-3 / fully sharded data parallelism);
+* ``tensor``: parameters sharded along heads / mlp / vocab (Megatron-style tensor
+  parallelism).
+
+    mesh = zoo.parallel.make_mesh("data=2,fsdp=2,tensor=2")          # 8 devices
+    model, params = zoo.from_pretrained(path, mesh=mesh, param_dtype=None)
+    batch = zoo.parallel.shard_batch({"input_ids": ids, "attention_mask": mask}, mesh)
+    out = jax.jit(lambda p, b: model.apply({"params": p}, **b))(params, batch)
+
+Loading onto a mesh builds each parameter with ``jax.make_array_from_callback``: each
+device asks for its slice only, which is read from the memory-mapped safetensors file as
+a slice of the PyTorch tensor (a Flax kernel is a transposed PyTorch weight, so a slice of
+it is a transposed slice of the weight), converted and cast on its own. The host holds
+about one parameter at a time, and no device more than its shards. PyTorch ``.bin``
+pickles cannot be sliced in place: each tensor is read whole, once, and sliced.
+
+Tested in one process (one host, any number of local devices). The loader reads only the
+shards of this process's devices; :func:`shard_batch` assumes this process holds the whole
+batch (multi-host input pipelines are not covered yet).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from converters.mapping import ConversionReport, TensorSource, cast
+from converters.readers import Checkpoint
+from zoo.pretrained import (
+    STATE_COLLECTIONS,
+    abstract_variables,
+    as_dtype,
+    flatten,
+    flatten_variables,
+    init_flat,
+    is_variables,
+    open_weights,
+    pack_variables,
+    param_shapes,
+    plan_params,
+)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
+
+# Logical axis name -> mesh axis, in order of precedence (Flax's rule format, so the table
+# also works with ``nn.logical_axis_rules``). For each parameter the rules are tried in
+# order; a rule applies to a dimension only if its mesh axis is not already used by
+# another dimension of the same parameter AND divides the dimension's size; otherwise a
+# later rule for the same name is tried, and a dimension no rule applies to is
+# replicated. So a tiny model with odd sizes (intermediate_size=37) is replicated along
+# that axis instead of failing. A name mapped to None is always replicated.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),     # activations: the batch dimension
+    ("vocab", "tensor"),       # word embeddings [vocab, embed], LM-head bias/kernel
+    ("heads", "tensor"),       # q/k/v kernels [embed, heads*head_dim], output [heads*head_dim, embed]
+    ("mlp", "tensor"),         # feed-forward [embed, mlp] and [mlp, embed]
+    ("embed", "fsdp"),         # the hidden size: every embedding, kernel, norm
+    ("embed_out", "tensor"),   # a square projection's output [embed, embed_out] (pooler, LM transform)
+    ("embed_out", "fsdp"),     # ... or its input when tensor is taken ([mlp, embed_out])
+    ("mlp_out", "fsdp"),       # X-vector TDNN [mlp, mlp_out]
+    ("conv_out", "tensor"),    # conv kernels [*k, conv_in, conv_out] and their biases / norms
+    ("conv_in", "fsdp"),
+    ("kv", None),              # the per-head dimension
+    ("classes", None),         # classifier outputs (a handful of labels)
+    ("conv_kernel", None),     # weight-norm gains over the kernel axis
+)
+
+
+# ------------------------------------------------------------------------------- mesh
+def make_mesh(spec: str | Mapping[str, int] = "", devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with axes ``("data", "fsdp", "tensor")`` from their sizes.
+
+    spec: ``"data=2,fsdp=2,tensor=2"`` or ``{"fsdp": 8}``; an axis left out has size 1.
+    devices: the devices to lay out (default ``jax.devices()``); the sizes must multiply
+      to their number.
+    Raises ValueError on an unknown axis, a malformed spec or a size product that does
+    not match the device count.
+    """
+    sizes = _parse_mesh_spec(spec)
+    devices = list(jax.devices() if devices is None else devices)
+    shape = tuple(sizes.get(axis, 1) for axis in MESH_AXES)
+    if math.prod(shape) != len(devices):
+        raise ValueError(
+            f"mesh {_format_sizes(dict(zip(MESH_AXES, shape)))} needs {math.prod(shape)} devices, "
+            f"but {len(devices)} {'is' if len(devices) == 1 else 'are'} given; "
+            f"the axis sizes must multiply to the device count"
+        )
+    try:  # topology-aware order (GPU/TPU interconnect) where jax knows one
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices)
+    except Exception:
+        grid = np.array(devices, dtype=object).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+
+
+def _parse_mesh_spec(spec: str | Mapping[str, int]) -> dict[str, int]:
+    if isinstance(spec, str):
+        items = []
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            name, eq, size = part.partition("=")
+            if not eq or not size.strip().lstrip("-").isdigit():
+                raise ValueError(f"mesh spec {spec!r}: {part!r} is not AXIS=SIZE (e.g. 'data=2,fsdp=2,tensor=2')")
+            items.append((name.strip(), int(size)))
+    elif isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        raise TypeError(f"mesh spec must be a string like 'data=2,tensor=4' or a dict, not {type(spec).__name__}")
+    sizes: dict[str, int] = {}
+    for name, size in items:
+        if name not in MESH_AXES:
+            raise ValueError(f"unknown mesh axis {name!r}; the axes are {', '.join(MESH_AXES)}")
+        if name in sizes:
+            raise ValueError(f"mesh axis {name!r} is given twice")
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"mesh axis {name!r} must have a positive integer size, got {size!r}")
+        sizes[name] = int(size)
+    return sizes
+
+
+def _format_sizes(sizes: Mapping[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sizes.items())
+
+
+# ------------------------------------------------------------------------ partitioning
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules=LOGICAL_AXIS_RULES, *, what: str = "array") -> PartitionSpec:
+    """The ``PartitionSpec`` of an array of ``shape`` whose dimensions have logical ``names``.
+
+    Rules apply as described at :data:`LOGICAL_AXIS_RULES`: in order of precedence, a mesh
+    axis at most once per array, and only where its size divides the dimension (the
+    dimension is replicated otherwise). ``what`` names the array in errors. Raises
+    ValueError for a logical name no rule mentions or a rule naming an axis the mesh lacks.
+    """
+    names = tuple(names)
+    known = {name for name, _ in rules}
+    unknown = [n for n in names if n is not None and n not in known]
+    if unknown:
+        raise ValueError(
+            f"{what}: logical axis {unknown[0]!r} has no sharding rule; add it to the rules "
+            f"(zoo.parallel.LOGICAL_AXIS_RULES) with one of {', '.join(MESH_AXES)} or None"
+        )
+    result: list[Any] = [None] * len(names)
+    decided = [n is None for n in names]
+    used: set[str] = set()
+    for rule_name, mesh_axes in rules:
+        for i, name in enumerate(names):
+            if name != rule_name or decided[i]:
+                continue
+            if mesh_axes is None:
+                decided[i] = True
+                continue
+            axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+            missing = [a for a in axes if a not in mesh.shape]
+            if missing:
+                raise ValueError(f"sharding rule {rule_name!r} -> {mesh_axes!r}: the mesh has no axis "
+                                 f"{missing[0]!r} (its axes: {', '.join(mesh.axis_names)})")
+            if used.intersection(axes) or shape[i] % math.prod(mesh.shape[a] for a in axes):
+                continue
+            result[i], decided[i] = mesh_axes, True
+            used.update(axes)
+    return PartitionSpec(*result)
+
+
+def param_shardings(module: nn.Module, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> dict:
+    """A ``NamedSharding`` per parameter of ``module``, in the tree :func:`zoo.init_params`
+    and :func:`zoo.from_pretrained` give (the params tree, or for models with batch
+    statistics the variables dict ``{"params", "batch_stats"}``, the statistics
+    replicated). Nothing is allocated. Raises ValueError for a logical axis name that has
+    no rule."""
+    return _param_shardings(module, abstract_variables(module), mesh, rules)
+
+
+def _param_shardings(module: nn.Module, abstract: Mapping, mesh: Mesh, rules) -> dict:
+    flat = {}
+    for path, leaf in flatten(abstract["params"]).items():
+        if isinstance(leaf, nn.Partitioned):
+            names, shape = leaf.names, leaf.value.shape
+        else:
+            names, shape = (None,) * len(leaf.shape), leaf.shape
+        spec = logical_to_spec(names, shape, mesh, rules, what=f"{type(module).__name__} parameter {path}")
+        flat[path] = NamedSharding(mesh, spec)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    for collection in STATE_COLLECTIONS:
+        for path in flatten(nn.unbox(abstract.get(collection, {}))):
+            flat[f"{collection}/{path}"] = replicated
+    return pack_variables(flat)
+
+
+def shard_params(params: Mapping, module: nn.Module, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> dict:
+    """``params`` (a params tree or variables dict of ``module``) placed on ``mesh`` by
+    :func:`param_shardings`."""
+    params = nn.unbox(params)
+    shardings = param_shardings(module, mesh, rules)
+    if is_variables(params) and not is_variables(shardings):
+        shardings = {"params": shardings}
+    return jax.device_put(params, shardings)
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+    """Every array of ``batch`` (any pytree) placed on ``mesh`` with its leading (batch)
+    dimension split over ``("data", "fsdp")``: ``[B, ...]`` -> ``[B / (data * fsdp), ...]``
+    per device, replicated over ``tensor``. Scalars are replicated. Raises ValueError when
+    a batch dimension is not divisible by ``data * fsdp``."""
+    axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
+    n = math.prod(mesh.shape[a] for a in axes)
+
+    def put(x):
+        x = x if isinstance(x, jax.Array) else np.asarray(x)
+        if x.ndim and x.shape[0] % n:
+            raise ValueError(f"an input of shape {tuple(x.shape)} has batch size {x.shape[0]}, which "
+                             f"{' x '.join(axes)} = {n} devices cannot split evenly")
+        return jax.device_put(x, NamedSharding(mesh, PartitionSpec(axes) if x.ndim else PartitionSpec()))
+
+    return jax.tree.map(put, batch)
+
+
+# ---------------------------------------------------------------------------- loading
+def load_sharded(path_or_repo_id: str | os.PathLike, mesh: Mesh, architecture: str | None = None, *,
+                 param_dtype=None, rules=LOGICAL_AXIS_RULES, **kwargs):
+    """``zoo.from_pretrained(path, architecture, mesh=mesh, param_dtype=param_dtype, ...)``:
+    ``(model, params)`` with every parameter sharded over ``mesh`` and read slice by slice
+    (see the module docstring). ``param_dtype=None`` keeps the checkpoint's dtype."""
+    from zoo.pretrained import from_pretrained
+
+    return from_pretrained(path_or_repo_id, architecture, mesh=mesh, param_dtype=param_dtype,
+                           axis_rules=rules, **kwargs)
+
+
+def load_onto_mesh(directory: Path, module: nn.Module, mesh: Mesh, *, param_dtype=None,
+                   rng: jax.Array | int = 0, rules=None,
+                   on_tensor: Callable[[str], None] | None = None) -> tuple[dict, ConversionReport]:
+    """The weights of ``directory`` (HF checkpoint or zoo directory) for ``module``, as
+    arrays sharded over ``mesh`` (``rules`` default :data:`LOGICAL_AXIS_RULES`): the packed
+    params tree / variables dict, and the conversion report. Every shape is checked from
+    the file headers before anything is read; each device's shard is read, transposed and
+    cast (``param_dtype``; None keeps the checkpoint's) on its own. Parameters the
+    checkpoint lacks but may (a fresh task head) are initialised from ``rng`` directly into
+    their shards."""
+    abstract = abstract_variables(module)
+    rules = LOGICAL_AXIS_RULES if rules is None else rules
+    shardings = flatten_variables(_param_shardings(module, abstract, mesh, rules))
+    expected = param_shapes(module, abstract=abstract)
+    np_dtype = None if param_dtype is None else np.dtype(as_dtype(param_dtype))
+    with open_weights(directory) as ckpt:
+        sources, report = plan_params(ckpt, module, expected)
+        flat = {}
+        for path, src in sources.items():
+            flat[path] = _sharded_array(ckpt, src, expected[path], shardings[path], np_dtype)
+            if on_tensor:
+                on_tensor(src.key)
+    flat.update(init_flat(module, rng, report.missing, shardings))
+    return pack_variables(flat), report
+
+
+def _sharded_array(ckpt: Checkpoint, src: TensorSource, shape: tuple[int, ...], sharding: NamedSharding,
+                   np_dtype) -> jax.Array:
+    """One parameter built shard by shard from its checkpoint tensor.
+
+    Each distinct shard is read once (devices that replicate it share the host copy); a
+    safetensors shard reads only its slice, a PyTorch pickle reads its tensor whole, once.
+    """
+    dtype = jax.dtypes.canonicalize_dtype(cast(np.empty(0, ckpt.dtype(src.key)), np_dtype).dtype)
+    shards: dict[tuple, np.ndarray] = {}
+    whole: list[np.ndarray] = []  # the tensor of a shard that cannot be sliced in place
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        bounds = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+        if bounds not in shards:
+            where = src.checkpoint_index(tuple(slice(a, b) for a, b in bounds))
+            if ckpt.sliceable(src.key):
+                value = ckpt.read_slice(src.key, where)
+            else:
+                if not whole:
+                    whole.append(ckpt.get(src.key))
+                value = whole[0][where]
+            shards[bounds] = cast(src.to_flax(value), np_dtype).astype(dtype, copy=False)
+        return shards[bounds]
+
+    return jax.make_array_from_callback(tuple(shape), sharding, read, dtype=dtype)
+
+
+__all__ = [
+    "BATCH_AXES", "LOGICAL_AXIS_RULES", "MESH_AXES", "load_onto_mesh", "load_sharded", "logical_to_spec",
+    "make_mesh", "param_shardings", "shard_batch", "shard_params",
+]
