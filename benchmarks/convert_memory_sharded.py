@@ -10,9 +10,8 @@
    written one at a time with the zoo's own writer (``converters.writers.save_safetensors``),
    so only one shard's random bf16 tensors are ever in memory. The generator runs in a
    subprocess of its own under ``/usr/bin/time -v``, so its peak RSS shows that too.
-2. Runs ``/usr/bin/time -v python -m zoo convert SRC OUT --dtype bfloat16`` (the CLI's
-   ``--dtype`` defaults to float32, which would cast a bf16 checkpoint up; passing
-   ``bfloat16`` keeps it) and records peak RSS, wall time, checkpoint size, largest shard
+2. Runs ``/usr/bin/time -v python -m zoo convert SRC OUT`` (the CLI keeps the checkpoint's
+   dtype unless ``--dtype`` is given) and records peak RSS, wall time, checkpoint size, largest shard
    and output size; then checks that every floating tensor of the output is bf16 and
    compares a few tensors bit for bit with the source (Linear weights transposed, the
    patch-embedding conv permuted), reading both with the ``safetensors`` package.
@@ -385,12 +384,12 @@ def main(argv=None) -> dict:
             # 2. zoo convert, keeping bf16
             conv_future = pool.submit(
                 traced, f"convert\x00{src}\x00", time_v,
-                [py, "-m", "zoo", "convert", str(src), str(out), "--dtype", "bfloat16"], 1800)
+                [py, "-m", "zoo", "convert", str(src), str(out)], 1800)
             # 3. from_pretrained into JAX host memory, from the HF shards and from the converted directory
             load_src = None if args.skip_load else pool.submit(load, "hf sharded (converted on the fly)", src)
             conv = conv_future.result()
             out_mib = _mib(dir_size(out)) if out.exists() else None
-            rows = [{"step": "zoo convert SRC OUT --dtype bfloat16", "source": "hf sharded", **conv,
+            rows = [{"step": "zoo convert SRC OUT", "source": "hf sharded", **conv,
                      "output_mib": out_mib, "output_dtypes": output_dtypes(out) if out.exists() else {}}]
             load_out = None if args.skip_load or not out.exists() else pool.submit(load, "zoo dir (converted)", out)
             if args.tiny and out.exists():
