@@ -80,6 +80,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv", None),              # the per-head dimension
     ("classes", None),         # classifier outputs (a handful of labels)
     ("conv_kernel", None),     # weight-norm gains over the kernel axis
+    ("layers", None),          # the leading layer axis of scanned (stacked) layers; layer weights
 )
 
 

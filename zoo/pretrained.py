@@ -39,6 +39,7 @@ from converters.mapping import (
 from converters.readers import Checkpoint, open_checkpoint
 from converters.writers import atomic_directory, save_safetensors, save_safetensors_streamed
 from zoo.config import ZooConfig
+from zoo.nn import scan
 from zoo.registry import Family, UnsupportedModelError, family_of_architecture, get_family
 
 ZOO_WEIGHTS = "flax_model.safetensors"
@@ -358,19 +359,55 @@ def from_pretrained(
     else:
         module_param_dtype = param_dtype
     module = build_model(config, architecture, dtype=dtype, param_dtype=module_param_dtype, **module_kwargs)
+    # scan_layers: the weights are read in their own layer layout (stored), then converted
+    stored = _stored_layout_module(directory, module)
     with _progress_bar(directory, enabled=progress) as on_tensor:
         if mesh is not None:
             from zoo import parallel
 
-            params, report = parallel.load_onto_mesh(directory, module, mesh, param_dtype=param_dtype, rng=rng,
+            params, report = parallel.load_onto_mesh(directory, stored, mesh, param_dtype=param_dtype, rng=rng,
                                                      rules=axis_rules, on_tensor=on_tensor)
+            if stored is not module:  # restacked on the devices, then laid out as the module's parameters
+                shardings = flatten_variables(parallel.param_shardings(
+                    module, mesh, parallel.LOGICAL_AXIS_RULES if axis_rules is None else axis_rules))
+                flat = _to_layout(flatten_variables(params), module, module.scan_layers, stack=jnp.stack)
+                params = pack_variables({p: jax.device_put(v, shardings[p]) for p, v in flat.items()})
             return (module, params, report) if return_report else (module, params)
         # each tensor goes to the device as soon as it is read: the model is never in memory twice
-        flat, report = load_flat_params(directory, module, param_dtype=param_dtype, on_tensor=on_tensor,
-                                        place=jax.device_put)
+        # (a layout conversion restacks on the host first)
+        flat, report = load_flat_params(directory, stored, param_dtype=param_dtype, on_tensor=on_tensor,
+                                        place=jax.device_put if stored is module else None)
+    if stored is not module:
+        flat = {p: jax.device_put(v) for p, v in _to_layout(flat, module, module.scan_layers).items()}
     flat.update(init_flat(module, rng, report.missing))
     params = pack_variables(flat)
     return (module, params, report) if return_report else (module, params)
+
+
+def _stored_layout_module(directory: Path, module: nn.Module) -> nn.Module:
+    """``module``, or its clone with the other ``scan_layers`` when the weights of
+    ``directory`` hold its layers in the other layout (HF checkpoints: per layer; zoo
+    directories: either, see :mod:`zoo.nn.scan`)."""
+    layout = scan.module_layer_layout(module)
+    if layout is None:
+        return module
+    stored = "per_layer"
+    if (Path(directory) / ZOO_WEIGHTS).exists():
+        with open_checkpoint(Path(directory) / ZOO_WEIGHTS) as ckpt:
+            stored = scan.layout(ckpt.keys(), *layout[1:])
+    if stored is None or stored == layout[0]:
+        return module
+    return module.clone(scan_layers=stored == "stacked")
+
+
+def _to_layout(flat: Mapping[str, Any], module: nn.Module, stacked: bool, stack=np.stack) -> dict[str, Any]:
+    """Flat parameters of ``module`` (either layer layout) in the stacked or per-layer one."""
+    layout = scan.module_layer_layout(module)
+    if layout is None:
+        if stacked:
+            raise ValueError(f"{type(module).__name__} has no stacked layer layout (no scan_layers option)")
+        return dict(flat)
+    return scan.to_layout(flat, "stacked" if stacked else "per_layer", *layout[1:], stack=stack)
 
 
 @contextlib.contextmanager
@@ -408,10 +445,15 @@ def auxiliary_files(directory: str | os.PathLike) -> list[Path]:
 
 
 def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, params: Mapping,
-                    extra_files: Sequence[str | os.PathLike] = ()) -> Path:
-    """Write ``config.json`` + ``flax_model.safetensors`` (+ copies of ``extra_files``); all or nothing."""
+                    extra_files: Sequence[str | os.PathLike] = (), *, stacked: bool = False) -> Path:
+    """Write ``config.json`` + ``flax_model.safetensors`` (+ copies of ``extra_files``); all or nothing.
+
+    The encoder layers are written per layer (``encoder/layer_3/...``, the portable layout)
+    whether or not the model scans them; ``stacked=True`` writes them stacked
+    (``encoder/layers/...`` with a leading layer axis) instead. ``from_pretrained`` reads
+    both into either kind of model."""
     flat = {k: np.asarray(v) for k, v in flatten_variables(nn.unbox(params)).items()}
-    return _save_flat(out_dir, module, flat, extra_files)
+    return _save_flat(out_dir, module, _to_layout(flat, module, stacked), extra_files)
 
 
 def convert(src: str | os.PathLike, out_dir: str | os.PathLike, architecture: str | None = None, *,
@@ -469,9 +511,11 @@ def _write_zoo_dir(out_dir, module: nn.Module, write_weights: Callable[[Path], N
 
 def export_pytorch(out_dir: str | os.PathLike, module: nn.Module, params: Mapping, *,
                    include_aliases: bool = False, extra_files: Sequence[str | os.PathLike] = ()) -> Path:
-    """Write a HF PyTorch checkpoint (``config.json`` + ``model.safetensors``)."""
+    """Write a HF PyTorch checkpoint (``config.json`` + ``model.safetensors``); scanned
+    (stacked) layers are written per layer, as HF's keys."""
     family = get_family(module.config.model_type)
     flat = {k: np.asarray(v) for k, v in flatten_variables(nn.unbox(params)).items()}
+    flat = _to_layout(flat, module, stacked=False)
     state = flax_to_torch(flat, family.key_table, include_aliases=include_aliases)
     with atomic_directory(out_dir) as tmp:
         tmp = Path(tmp)

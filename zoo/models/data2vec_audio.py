@@ -111,6 +111,10 @@ KEY_TABLE = KeyTable(
 )
 
 
+# Parameter paths of the transformer layers, per layer and stacked (scan_layers=True).
+LAYER_LAYOUT = tuple(f"encoder/{name}" for name in audio.Encoder.layer_names)
+
+
 def _as_waveform(input_values) -> Array:
     x = jnp.asarray(input_values)
     if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.floating):
@@ -119,13 +123,25 @@ def _as_waveform(input_values) -> Array:
 
 
 class Data2VecAudioModel(nn.Module):
-    """``[B, T]`` waveform -> ``last_hidden_state [B, F, hidden]`` (F frames, ~T / 320)."""
+    """``[B, T]`` waveform -> ``last_hidden_state [B, F, hidden]`` (F frames, ~T / 320).
+
+    Module options (every head has them too, e.g. ``zoo.from_pretrained(path,
+    scan_layers=True, remat_policy="dots")``): ``scan_layers=True`` runs the transformer
+    layers as one ``nn.scan``, parameters stacked under ``encoder/layers/`` with a leading
+    layer axis (checkpoints convert both ways, see :mod:`zoo.nn.scan`); ``remat_policy``
+    (``"full"``, ``"dots"``, ``"dots_with_no_batch_dims"``) recomputes each layer's
+    activations in the backward pass. Outputs are the same in every combination.
+    """
 
     config: Data2VecAudioConfig
     attention_fn: Callable = dot_product_attention
     freeze_feature_encoder: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    layer_layout = LAYER_LAYOUT
 
     @nn.compact
     def __call__(self, input_values, attention_mask=None, mask_time_indices=None, output_attentions=False,
@@ -165,7 +181,8 @@ class Data2VecAudioModel(nn.Module):
                 deterministic=deterministic, apply_spec_augment=cfg.apply_spec_augment,
             )
 
-        enc = audio.Encoder(cfg, self.attention_fn, name="encoder", **kw)(
+        enc = audio.Encoder(cfg, self.attention_fn, scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+                            name="encoder", **kw)(
             hidden, frames, deterministic, output_attentions, output_hidden_states)
         last = enc["last_hidden_state"]
         if cfg.add_adapter:
@@ -186,13 +203,16 @@ class _Head(AudioHead):
     """The ``data2vec_audio`` body under the shared audio heads."""
 
     attention_fn: Callable = dot_product_attention
+    scan_layers: bool = False  # see Data2VecAudioModel
+    remat_policy: str | None = None
 
+    layer_layout = LAYER_LAYOUT
     dummy_inputs = staticmethod(Data2VecAudioModel.dummy_inputs)
 
     def body(self, input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
              deterministic) -> out.Wav2Vec2BaseModelOutput:
         return Data2VecAudioModel(self.config, self.attention_fn, self.freeze_feature_encoder, self.dtype,
-                                  self.param_dtype, name="data2vec_audio")(
+                                  self.param_dtype, self.scan_layers, self.remat_policy, name="data2vec_audio")(
             input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
             deterministic)
 

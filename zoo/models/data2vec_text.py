@@ -90,6 +90,10 @@ KEY_TABLE = KeyTable(
 )
 
 
+# Parameter paths of the encoder layers, per layer and stacked (scan_layers=True).
+LAYER_LAYOUT = tuple(f"encoder/{name}" for name in BertEncoder.layer_names)
+
+
 def position_ids_from_input_ids(input_ids: Array, padding_idx: int, past_length=0) -> Array:
     """fairseq positions: non-pad tokens count from ``padding_idx + 1``; pads stay ``padding_idx``."""
     keep = (input_ids != padding_idx).astype(jnp.int32)
@@ -127,6 +131,13 @@ class Data2VecTextModel(nn.Module):
 
     Decoding: ``past_key_values=model.init_cache(batch, max_length)`` gives a fixed-size
     cache (one compilation for every step); ``attention_mask`` then spans ``max_length``.
+
+    Module options (every head has them too, e.g. ``zoo.from_pretrained(path,
+    scan_layers=True, remat_policy="dots")``): ``scan_layers=True`` runs the encoder layers
+    as one ``nn.scan``, parameters stacked under ``encoder/layers/`` with a leading layer
+    axis (checkpoints convert both ways, see :mod:`zoo.nn.scan`); ``remat_policy``
+    (``"full"``, ``"dots"``, ``"dots_with_no_batch_dims"``) recomputes each layer's
+    activations in the backward pass. Outputs are the same in every combination.
     """
 
     config: Data2VecTextConfig
@@ -134,6 +145,10 @@ class Data2VecTextModel(nn.Module):
     attention_fn: Callable = dot_product_attention
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    layer_layout = LAYER_LAYOUT
 
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
         """Empty fixed-size cache for ``max_length`` positions (see the module docstring)."""
@@ -169,7 +184,8 @@ class Data2VecTextModel(nn.Module):
         x = Data2VecTextEmbeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(
             input_ids, token_type_ids, position_ids, inputs_embeds, past_length, deterministic
         )
-        enc = BertEncoder(cfg, self.attention_fn, self.dtype, self.param_dtype, name="encoder")(
+        enc = BertEncoder(cfg, self.attention_fn, self.dtype, self.param_dtype, self.scan_layers,
+                          self.remat_policy, name="encoder")(
             x, mask,
             encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
             query_positions=query_positions,
@@ -218,10 +234,14 @@ class _Head(BertHead, nn.Module):
     attention_fn: Callable = dot_product_attention
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False  # see Data2VecTextModel
+    remat_policy: str | None = None
+
+    layer_layout = LAYER_LAYOUT
 
     def base(self, add_pooling_layer: bool = False) -> Data2VecTextModel:
         return Data2VecTextModel(self.config, add_pooling_layer, self.attention_fn, self.dtype,
-                                 self.param_dtype, name="data2vec_text")
+                                 self.param_dtype, self.scan_layers, self.remat_policy, name="data2vec_text")
 
     @staticmethod
     def dummy_inputs(config: Data2VecTextConfig) -> dict:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.attention.dense import dot_product_attention
-from zoo.nn import masks
+from zoo.nn import masks, scan
 from zoo.nn.ctc import ctc_loss
 from zoo.nn.layers import Dense, LayerNorm, activation, ones_init, zeros_init
 from zoo.nn.mha import MultiHeadAttention
@@ -254,12 +254,18 @@ class Encoder(nn.Module):
 
     LayerDrop in training skips each layer with probability ``layerdrop`` (rng stream
     ``"dropout"``); a skipped layer repeats the previous hidden state in ``hidden_states``.
+    scan_layers / remat_policy: as :class:`zoo.nn.bert.BertEncoder` (stacked parameters
+    under ``layers/``, per-layer ones under ``layers_0/`` ...).
     """
 
     config: Any
     attention_fn: Callable = dot_product_attention
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    layer_names = ("layers_{i}", "layers")  # per-layer, stacked
 
     @nn.compact
     def __call__(self, x: Array, frame_mask: Array | None, deterministic: bool = True,
@@ -272,21 +278,25 @@ class Encoder(nn.Module):
         x = LayerNorm(cfg.layer_norm_eps, name="layer_norm", **kw)(x)
         x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
         mask = masks.padding_mask(frame_mask, x.shape[1])
-        hidden, attentions = [], []
-        for i in range(cfg.num_hidden_layers):
-            if output_hidden_states:
-                hidden.append(x)
-            y, probs = EncoderLayer(cfg, self.attention_fn, name=f"layers_{i}", **kw)(
-                x, mask, deterministic, output_attentions)
-            if not deterministic and cfg.layerdrop > 0:
-                skip = jax.random.uniform(self.make_rng("dropout")) < cfg.layerdrop
+
+        def step(layer, x, skip, mask):
+            y, probs = layer(x, mask, deterministic, output_attentions)
+            if skip is not None:
                 y = jnp.where(skip, x, y)
-            x = y
-            attentions.append(probs)
-        if output_hidden_states:
-            hidden.append(x)
-        return dict(last_hidden_state=x, hidden_states=tuple(hidden) if output_hidden_states else None,
-                    attentions=tuple(attentions) if output_attentions else None)
+            return y, (x if output_hidden_states else None, probs)
+
+        rng = skips = None  # one dropout key per layer, and the LayerDrop draws
+        if not deterministic and (self.has_rng("dropout") or cfg.layerdrop > 0):
+            rng, drop_rng = jax.random.split(self.make_rng("dropout"))
+            if cfg.layerdrop > 0:
+                skips = list(jax.random.uniform(drop_rng, (cfg.num_hidden_layers,)) < cfg.layerdrop)
+        x, ys = scan.run_layers(
+            lambda name: EncoderLayer(cfg, self.attention_fn, name=name, **kw), step, x, skips, (mask,),
+            num_layers=cfg.num_hidden_layers, scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+            rng=rng, name=self.layer_names[0], stacked_name=self.layer_names[1])
+        hidden, attentions = (tuple(y) for y in zip(*ys)) if ys else ((), ())
+        return dict(last_hidden_state=x, hidden_states=(*hidden, x) if output_hidden_states else None,
+                    attentions=attentions if output_attentions else None)
 
 
 class Adapter(nn.Module):

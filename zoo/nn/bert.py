@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from zoo.attention.block_sparse import layer_index
 from zoo.attention.dense import dot_product_attention
-from zoo.nn import kv_cache, masks
+from zoo.nn import kv_cache, masks, scan
 from zoo.nn.layers import Dense, Embed, LayerNorm, activation
 
 Array = jax.Array
@@ -214,12 +214,22 @@ class BertIntermediate(nn.Module):
 
 
 class BertEncoder(nn.Module):
-    """``num_hidden_layers`` BertLayers; collects hidden states, attentions and cache."""
+    """``num_hidden_layers`` BertLayers; collects hidden states, attentions and cache.
+
+    scan_layers: run the layers as one ``nn.scan`` with parameters stacked under
+    ``layers/`` (leading layer axis) instead of ``layer_0/`` ... (see :mod:`zoo.nn.scan`);
+    outputs are the same. remat_policy: ``"full"``, ``"dots"``,
+    ``"dots_with_no_batch_dims"`` or None (see :data:`zoo.nn.scan.REMAT_POLICIES`).
+    """
 
     config: Any
     attention_fn: Callable = dot_product_attention
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    layer_names = ("layer_{i}", "layers")  # per-layer, stacked
 
     @nn.compact
     def __call__(
@@ -237,39 +247,44 @@ class BertEncoder(nn.Module):
         output_hidden_states: bool = False,
     ):
         cfg = self.config
-        all_hidden = [hidden_states] if output_hidden_states else None
-        all_attn, all_cross = [], []
-        new_keys, new_values = [], []
-        for i in range(cfg.num_hidden_layers):
-            layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
-            hidden_states, probs, cross, layer_new_cache = BertLayer(
-                cfg, self.attention_fn, dtype=self.dtype, param_dtype=self.param_dtype, name=f"layer_{i}",
-            )(
-                hidden_states, mask,
+        if self.scan_layers and getattr(self.attention_fn, "rng_stream", None) is not None:
+            raise NotImplementedError(f"scan_layers=True with {type(self.attention_fn).__name__} attention "
+                                      "(random blocks drawn per layer index) is not implemented")
+
+        def step(layer, x, per_layer, mask, encoder_hidden_states, encoder_mask, query_positions, cache_index):
+            layer_head_mask, layer_cache = per_layer
+            x, probs, cross, new_cache = layer(
+                x, mask,
                 encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
-                query_positions=query_positions,
-                head_mask=None if head_mask is None else head_mask[i],
-                cache=layer_cache, cache_index=None if cache is None else cache.length,
+                query_positions=query_positions, head_mask=layer_head_mask,
+                cache=layer_cache, cache_index=cache_index,
                 deterministic=deterministic, output_attentions=output_attentions,
             )
-            if output_hidden_states:
-                all_hidden.append(hidden_states)
-            all_attn.append(probs)
-            all_cross.append(cross)
-            if layer_new_cache is not None:
-                new_keys.append(layer_new_cache[0])
-                new_values.append(layer_new_cache[1])
+            return x, (x if output_hidden_states else None, probs, cross, new_cache)
+
+        per_layer = [(None if head_mask is None else head_mask[i],
+                      None if cache is None else (cache.keys[i], cache.values[i]))
+                     for i in range(cfg.num_hidden_layers)]
+        rng = None if deterministic or not self.has_rng("dropout") else self.make_rng("dropout")
+        last, ys = scan.run_layers(
+            lambda name: BertLayer(cfg, self.attention_fn, dtype=self.dtype, param_dtype=self.param_dtype,
+                                   name=name),
+            step, hidden_states, per_layer,
+            (mask, encoder_hidden_states, encoder_mask, query_positions, None if cache is None else cache.length),
+            num_layers=cfg.num_hidden_layers, scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+            rng=rng, name=self.layer_names[0], stacked_name=self.layer_names[1],
+        )
+        hidden, attentions, cross_attentions, new_caches = (tuple(y) for y in zip(*ys)) if ys else ((),) * 4
         new_cache = None
         if cache is not None:
-            new_cache = kv_cache.KVCache(
-                tuple(new_keys), tuple(new_values), cache.length + hidden_states.shape[1]
-            )
+            new_cache = kv_cache.KVCache(tuple(k for k, _ in new_caches), tuple(v for _, v in new_caches),
+                                         cache.length + hidden_states.shape[1])
         has_cross = encoder_hidden_states is not None and cfg.add_cross_attention
         return dict(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attn) if output_attentions else None,
-            cross_attentions=tuple(all_cross) if (output_attentions and has_cross) else None,
+            last_hidden_state=last,
+            hidden_states=(hidden_states, *hidden) if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+            cross_attentions=cross_attentions if (output_attentions and has_cross) else None,
             past_key_values=new_cache,
         )
 
