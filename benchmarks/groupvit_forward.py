@@ -216,7 +216,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     loadavg_start = _loadavg()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = harness.available_cores()
     threads = harness.setup_threads(args.threads)
     import transformers
 
@@ -268,16 +268,7 @@ def main(argv=None) -> dict:
           f"HF sdpa: {sdpa_note}. HF runs eager only.", ""]
     for r in results:
         md += _workload_md(r)
-    md += [harness.environment_block(machine, threads),
-           f"- torch.set_num_threads({threads.get('torch_num_threads')}); {cores} cores available",
-           f"- os.getloadavg() at start {loadavg_start}, at end {loadavg_end}; whole run {wall_s:.0f} s"]
-    markdown = "\n".join(md)
-    print()
-    print(markdown)
-    if not args.no_write:
-        paths = harness.write_results(name, payload, markdown)
-        print("wrote", *paths)
-    return payload
+    return harness.finish_report(name, payload, md, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -511,6 +511,28 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def finish_report(name: str, payload: dict, md: list[str], *, write: bool) -> dict:
+    """Append the machine / threads / load lines (``payload``'s ``machine``, ``threads``,
+    ``loadavg_start``, ``loadavg_end``, ``wall_s``) to ``md``, print the markdown and, with
+    ``write``, save it with the payload (:func:`write_results`). Returns ``payload``."""
+    threads = payload["threads"]
+    md = list(md) + [
+        environment_block(payload["machine"], threads),
+        f"- torch.set_num_threads({threads.get('torch_num_threads')}); {available_cores()} cores available",
+        f"- os.getloadavg() at start {payload['loadavg_start']}, at end {payload['loadavg_end']}; "
+        f"whole run {payload['wall_s']:.0f} s"]
+    markdown = "\n".join(md)
+    print()
+    print(markdown)
+    if write:
+        print("wrote", *write_results(name, payload, markdown))
+    return payload
+
+
 def write_results(name: str, payload: dict, markdown: str, results_dir: Path | None = None) -> tuple[Path, Path]:
     """Write ``<results_dir>/<name>.json`` (payload) and ``<name>.md`` (markdown).
 

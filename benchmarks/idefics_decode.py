@@ -434,7 +434,7 @@ def main(argv=None) -> dict:
         args.tolerance = 1e-3 if args.dtype == "float32" else 0.5
 
     loadavg_start = _loadavg()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = harness.available_cores()
     threads = harness.setup_threads(args.threads or cores)
     import transformers
 
@@ -472,16 +472,7 @@ def main(argv=None) -> dict:
         "wall_s": wall_s,
         "result": result,
     }
-    md = [markdown(payload), harness.environment_block(machine, threads),
-          f"- torch.set_num_threads({threads.get('torch_num_threads')}); {cores} cores available",
-          f"- os.getloadavg() at start {loadavg_start}, at end {loadavg_end}; whole run {wall_s:.0f} s"]
-    text = "\n".join(md)
-    print()
-    print(text)
-    if not args.no_write:
-        paths = harness.write_results(name, payload, text)
-        print("wrote", *paths)
-    return payload
+    return harness.finish_report(name, payload, [markdown(payload)], write=not args.no_write)
 
 
 if __name__ == "__main__":

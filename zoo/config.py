@@ -105,6 +105,12 @@ class ZooConfig:
             f"{self.model_type} config field {field}={value!r} is not supported: {why}"
         )
 
+    def _require_heads_divide(self, field: str = "hidden_size") -> None:
+        """``field`` (the attention width) must split evenly into ``num_attention_heads``."""
+        if getattr(self, field) % self.num_attention_heads:
+            self._unsupported(field, getattr(self, field),
+                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+
     def _require_choice(self, field: str, allowed) -> None:
         value = getattr(self, field)
         if value not in allowed:

@@ -89,9 +89,7 @@ class BigBirdConfig(ZooConfig):
         super().validate()
         self._require_choice("attention_type", {"block_sparse", "original_full"})
         self._require_choice("hidden_act", set(ACT2FN))
-        if self.hidden_size % self.num_attention_heads:
-            self._unsupported("hidden_size", self.hidden_size,
-                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        self._require_heads_divide()
         if self.add_cross_attention:
             self._unsupported("add_cross_attention", True,
                               "HF's BigBird decoder also feeds encoder_hidden_states to its self-attention "

@@ -92,9 +92,7 @@ class Data2VecAudioConfig(ZooConfig):
         for name in ("hidden_act", "feat_extract_activation"):
             self._require_choice(name, set(ACT2FN))
         self._require_choice("ctc_loss_reduction", {"sum", "mean"})
-        if self.hidden_size % self.num_attention_heads:
-            self._unsupported("hidden_size", self.hidden_size,
-                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        self._require_heads_divide()
         if self.hidden_size % self.num_conv_pos_embedding_groups:
             self._unsupported("num_conv_pos_embedding_groups", self.num_conv_pos_embedding_groups,
                               "must divide hidden_size")

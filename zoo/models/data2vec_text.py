@@ -70,9 +70,7 @@ class Data2VecTextConfig(ZooConfig):
         super().validate()
         self._require_choice("position_embedding_type", {"absolute", "relative_key", "relative_key_query"})
         self._require_choice("hidden_act", set(ACT2FN))
-        if self.hidden_size % self.num_attention_heads:
-            self._unsupported("hidden_size", self.hidden_size,
-                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        self._require_heads_divide()
         if self.add_cross_attention and not self.is_decoder:
             self._unsupported("add_cross_attention", True, "cross-attention needs is_decoder=True (as in HF)")
         if self.pad_token_id is None:

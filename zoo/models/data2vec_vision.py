@@ -74,9 +74,7 @@ class Data2VecVisionConfig(ZooConfig):
     def validate(self) -> None:
         super().validate()
         self._require_choice("hidden_act", set(ACT2FN))
-        if self.hidden_size % self.num_attention_heads:
-            self._unsupported("hidden_size", self.hidden_size,
-                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        self._require_heads_divide()
         patch = as_pair(self.patch_size, "patch_size")
         if patch[0] != patch[1]:
             self._unsupported("patch_size", self.patch_size, "only square patches (HF's relative bias assumes them)")

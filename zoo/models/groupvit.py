@@ -57,9 +57,7 @@ class GroupViTTextConfig(ZooConfig):
     def validate(self) -> None:
         super().validate()
         self._require_choice("hidden_act", set(ACT2FN))
-        if self.hidden_size % self.num_attention_heads:
-            self._unsupported("hidden_size", self.hidden_size,
-                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        self._require_heads_divide()
         if not isinstance(self.eos_token_id, int):
             self._unsupported("eos_token_id", self.eos_token_id, "pooling needs one end-of-text id")
 
@@ -92,9 +90,7 @@ class GroupViTVisionConfig(ZooConfig):
     def validate(self) -> None:
         super().validate()
         self._require_choice("hidden_act", set(ACT2FN))
-        if self.hidden_size % self.num_attention_heads:
-            self._unsupported("hidden_size", self.hidden_size,
-                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        self._require_heads_divide()
         if not len(self.depths) == len(self.num_group_tokens) == len(self.num_output_groups):
             self._unsupported("depths", self.depths, "depths, num_group_tokens and num_output_groups differ in length")
         patch = as_pair(self.patch_size, "patch_size")

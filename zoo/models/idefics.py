@@ -67,9 +67,7 @@ class IdeficsVisionConfig(ZooConfig):
     def validate(self) -> None:
         super().validate()
         self._require_choice("hidden_act", set(ACT2FN))
-        if self.embed_dim % self.num_attention_heads:
-            self._unsupported("embed_dim", self.embed_dim,
-                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        self._require_heads_divide("embed_dim")
         for name in ("image_size", "patch_size"):
             pair = as_pair(getattr(self, name), name)
             if pair[0] != pair[1]:
@@ -156,9 +154,7 @@ class IdeficsConfig(ZooConfig):
         self._require_choice("hidden_act", set(ACT2FN))
         self._require_choice("alpha_type", {"float", "vector"})
         self._require_choice("alpha_initializer", set(ALPHA_INITIALIZERS))
-        if self.hidden_size % self.num_attention_heads:
-            self._unsupported("hidden_size", self.hidden_size,
-                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        self._require_heads_divide()
         if self.cross_layer_interval < 1 or self.num_hidden_layers % self.cross_layer_interval:
             self._unsupported("cross_layer_interval", self.cross_layer_interval,
                               f"must divide num_hidden_layers={self.num_hidden_layers} (HF builds "

@@ -94,9 +94,7 @@ class SEWDConfig(ZooConfig):
             self._unsupported("pos_att_type", self.pos_att_type, "supported position terms are c2p and p2c")
         if not set(x.strip() for x in self.norm_rel_ebd.lower().split("|")) <= {"layer_norm", "none"}:
             self._unsupported("norm_rel_ebd", self.norm_rel_ebd, "supported: 'layer_norm' or 'none'")
-        if self.hidden_size % self.num_attention_heads:
-            self._unsupported("hidden_size", self.hidden_size,
-                              f"not a multiple of num_attention_heads={self.num_attention_heads}")
+        self._require_heads_divide()
         if self.squeeze_factor < 1:
             self._unsupported("squeeze_factor", self.squeeze_factor, "must be >= 1")
         if self.extra.get("add_adapter"):
