@@ -85,6 +85,7 @@ class ConversionReport:
     missing: list[str] = dataclasses.field(default_factory=list)  # allowed-missing flax paths
     aliased: list[str] = dataclasses.field(default_factory=list)  # tied duplicates dropped
     ignored: list[str] = dataclasses.field(default_factory=list)  # declared buffers dropped
+    mismatched: list[str] = dataclasses.field(default_factory=list)  # keys dropped for their shape
     prefix: str | None = None  # "added" / "removed" when the base-model prefix was adjusted
 
     def summary(self) -> str:
@@ -95,6 +96,9 @@ class ConversionReport:
             parts.append(f"{len(self.unused)} unused checkpoint keys: {', '.join(self.unused)}")
         if self.missing:
             parts.append(f"{len(self.missing)} parameters newly initialised: {', '.join(self.missing)}")
+        if self.mismatched:
+            parts.append(f"{len(self.mismatched)} checkpoint keys of another shape replaced: "
+                         f"{', '.join(self.mismatched)}")
         if self.aliased:
             parts.append(f"{len(self.aliased)} tied duplicates dropped")
         if self.ignored:
@@ -317,6 +321,7 @@ def plan_torch_to_flax(
     *,
     shape_of: Callable[[str], tuple[int, ...]] | None = None,
     source: str = "checkpoint",
+    ignore_mismatched_sizes: bool = False,
 ) -> tuple[dict[str, TensorSource], ConversionReport]:
     """Match checkpoint keys to Flax paths without reading any tensor.
 
@@ -327,7 +332,12 @@ def plan_torch_to_flax(
     checks each one as it reads it.
     Raises :class:`KeyMappingError` when two keys map to one parameter, on a shape
     mismatch, or when a parameter the table does not allow to be missing is absent.
+    ``ignore_mismatched_sizes`` (needs ``shape_of``; HF's flag of that name): a key whose
+    shape does not fit is dropped instead (``report.mismatched``) and its parameter
+    initialised (``report.missing``), e.g. a classifier for another number of labels.
     """
+    if ignore_mismatched_sizes and shape_of is None:
+        raise ValueError("ignore_mismatched_sizes needs shape_of (the checkpoint's shapes)")
     keys = list(keys)
     report = ConversionReport()
     prefix = table.base_model_prefix
@@ -350,10 +360,17 @@ def plan_torch_to_flax(
             return key
         return key[len(prefix) + 1:]
 
-    def make_source(key: str, path: str) -> TensorSource:
+    mismatched: set[str] = set()
+
+    def make_source(key: str, path: str) -> TensorSource | None:
         src = TensorSource(key, path)
         if shape_of is not None:
-            check_shape(src, src.flax_shape(tuple(shape_of(key))), expected, source)
+            shape = src.flax_shape(tuple(shape_of(key)))
+            if ignore_mismatched_sizes and shape != tuple(expected[path]):
+                report.mismatched.append(f"{key} {shape} (the model's {path} is {tuple(expected[path])})")
+                mismatched.add(path)
+                return None
+            check_shape(src, shape, expected, source)
         return src
 
     aliases = {frame_alias(a): frame_alias(b) for a, b in table.aliases}
@@ -366,7 +383,9 @@ def plan_torch_to_flax(
         if path is not None and path in expected:
             if path in sources:
                 raise KeyMappingError(f"{source}: keys {sources[path].key!r} and {key!r} both map to {path}")
-            sources[path] = make_source(key, path)
+            src = make_source(key, path)
+            if src is not None:
+                sources[path] = src
         elif framed is not None and framed in aliases:
             report.aliased.append(key)
             alias_sources[aliases[framed]] = key
@@ -380,14 +399,18 @@ def plan_torch_to_flax(
         if path in sources:
             continue
         target = flax_to_torch_key(path, table)
-        if target in alias_sources:  # only the tied duplicate is in the checkpoint
+        if target in alias_sources and path not in mismatched:  # only the tied duplicate is in the checkpoint
             key = alias_sources[target]
-            sources[path] = make_source(key, path)
+            src = make_source(key, path)
             report.aliased.remove(key)
-        elif any(p.search(path) for p in allowed):
+            if src is not None:
+                sources[path] = src
+                continue
+        if path in mismatched or any(p.search(path) for p in allowed):
             report.missing.append(path)
         else:
-            missing = [p for p in expected if p not in sources and not any(a.search(p) for a in allowed)]
+            missing = [p for p in expected if p not in sources and p not in mismatched
+                       and not any(a.search(p) for a in allowed)]
             raise KeyMappingError(
                 f"{source}: {len(missing)} parameters missing from the checkpoint "
                 f"(wrong family or architecture?): {', '.join(flax_to_torch_key(p, table) for p in missing[:8])}"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +35,25 @@ def test_python_example_runs_as_written():
 
 def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.*?)```", README, re.S)
-    assert len(commands) == 2, "the README gives exactly two quick-start commands"
+    assert "pip install -e ." in commands[0] and "pytest" in commands[1], "the quick start: two commands first"
     test_command = commands[1].strip().split("&&")[-1].strip().replace(".venv/bin/", "")
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command in ci
+
+
+def test_finetune_example_runs_as_written(tmp_path):
+    """The `zoo finetune` example (then `zoo run` on its model), with the installed `zoo` command."""
+    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "zoo finetune" in b]
+    output = re.search(r"--output (\S+)", block).group(1)
+    shutil.rmtree(output, ignore_errors=True)  # a run left there would be resumed, not rerun
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    try:
+        result = subprocess.run(["bash", "-e", "-c", block], cwd=ROOT, capture_output=True, text=True, env=env,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        first, last = map(float, re.search(r"loss (\S+) -> (\S+)", result.stdout).groups())
+        assert abs(first - 0.6932) < 1e-3 and last < 0.3, result.stdout     # README: 0.69 -> about 0.15
+        scores = dict(re.findall(r"^  (high|low): (\S+)$", result.stdout, re.M))
+        assert float(scores["high"]) > 0.7, result.stdout                 # tokens 64..127: "high"
+    finally:
+        shutil.rmtree(output, ignore_errors=True)

@@ -63,6 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--architecture")
     p.add_argument("--top-k", type=int, default=5)
 
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint on a data set as a recipe says (sharded, resumable)")
+    p.add_argument("--recipe", required=True, help="recipe JSON (configs/finetune/NAME.json)")
+    p.add_argument("--checkpoint", required=True, help="HF PyTorch checkpoint dir, zoo directory or hub repo id")
+    p.add_argument("--data", required=True, help="text: a JSONL file; CTC: a directory of WAV + transcripts; "
+                                                 "images: a directory with a folder per class")
+    p.add_argument("--output", required=True, help="run directory (metrics, checkpoints, model); rerun to resume")
+    p.add_argument("--task", help="override the recipe's task")
+    p.add_argument("--mesh", help='mesh axis sizes, e.g. "data=2,fsdp=2,tensor=2" (default: data over all devices)')
+    p.add_argument("--max-steps", type=int, help="stop after this step (default: the recipe's total_steps)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
+                   help="replace a recipe field (JSON value), e.g. --set learning_rate=1e-4; repeatable")
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (default: every 10%% of the run)")
+    p.add_argument("--keep", type=int, default=2, help="checkpoints kept (default 2)")
+    p.add_argument("--log-every", type=int, default=1, help="metrics line every N steps")
+    p.add_argument("--max-length", type=int, help="text: tokens per row; audio: samples per row (default: longest)")
+    p.add_argument("--scan-layers", action="store_true", help="run the encoder layers as one nn.scan (Data2Vec)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--coordinator", help="many hosts: HOST:PORT of process 0 (with --num-processes, --process-id)")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--process-id", type=int)
+
     p = sub.add_parser("demo", help="convert the tiny checkpoint shipped with the zoo and run it")
     p.add_argument("--output", help="keep the converted checkpoints in this directory (default: a temp dir)")
     return parser
@@ -394,6 +415,30 @@ def _run_text(module, params, args) -> None:
         print(f"  last_hidden_state {h.shape}, mean {h.mean():.5f}, std {h.std():.5f}")
 
 
+def cmd_finetune(args) -> None:
+    from zoo import distributed
+
+    # before anything touches jax: many hosts join here (a no-op for one process)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    from zoo import finetune
+
+    result = finetune.finetune(args.recipe, args.checkpoint, args.data, output=args.output, task=args.task,
+                               mesh=args.mesh, max_steps=args.max_steps,
+                               overrides=finetune.parse_overrides(args.overrides), save_every=args.save_every,
+                               keep=args.keep, log_every=args.log_every, max_length=args.max_length,
+                               scan_layers=args.scan_layers, progress=not args.no_progress)
+    if distributed.is_primary():
+        losses = result.losses
+        if losses:
+            print(f"{result.architecture}: steps {result.start_step} -> {result.end_step}, loss {losses[0]:.4f} -> "
+                  f"{losses[-1]:.4f}")
+        else:
+            print(f"{result.architecture}: nothing to do, {result.output} is at step {result.end_step}")
+        print(f"metrics: {Path(result.output) / finetune.METRICS_FILE}")
+        if result.model_dir is not None:
+            print(f"model: {result.model_dir}")
+
+
 def cmd_demo(args) -> None:
     out = Path(args.output or tempfile.mkdtemp(prefix="zoo-demo-")) / "converted"
     print(f"# zoo convert {TINY_CHECKPOINT} {out}")
@@ -417,7 +462,7 @@ def cmd_demo(args) -> None:
 
 
 COMMANDS = {"convert": cmd_convert, "export": cmd_export, "list": cmd_list, "info": cmd_info,
-            "run": cmd_run, "demo": cmd_demo}
+            "run": cmd_run, "finetune": cmd_finetune, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

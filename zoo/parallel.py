@@ -29,6 +29,7 @@ batch (multi-host input pipelines are not covered yet).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -249,7 +250,8 @@ def load_sharded(path_or_repo_id: str | os.PathLike, mesh: Mesh, architecture: s
 
 def load_onto_mesh(directory: Path, module: nn.Module, mesh: Mesh, *, param_dtype=None,
                    rng: jax.Array | int = 0, rules=None,
-                   on_tensor: Callable[[str], None] | None = None) -> tuple[dict, ConversionReport]:
+                   on_tensor: Callable[[str], None] | None = None,
+                   ignore_mismatched_sizes: bool = False) -> tuple[dict, ConversionReport]:
     """The weights of ``directory`` (HF checkpoint or zoo directory) for ``module``, as
     arrays sharded over ``mesh`` (``rules`` default :data:`LOGICAL_AXIS_RULES`): the packed
     params tree / variables dict, and the conversion report. Every shape is checked from
@@ -263,7 +265,7 @@ def load_onto_mesh(directory: Path, module: nn.Module, mesh: Mesh, *, param_dtyp
     expected = param_shapes(module, abstract=abstract)
     np_dtype = None if param_dtype is None else np.dtype(as_dtype(param_dtype))
     with open_weights(directory) as ckpt:
-        sources, report = plan_params(ckpt, module, expected)
+        sources, report = plan_params(ckpt, module, expected, ignore_mismatched_sizes=ignore_mismatched_sizes)
         flat = {}
         for path, src in sources.items():
             flat[path] = _sharded_array(ckpt, src, expected[path], shardings[path], np_dtype)
@@ -304,3 +306,92 @@ __all__ = [
     "BATCH_AXES", "LOGICAL_AXIS_RULES", "MESH_AXES", "load_onto_mesh", "load_sharded", "logical_to_spec",
     "make_mesh", "param_shardings", "shard_batch", "shard_params",
 ]
+
+
+# ------------------------------------------------------------------- partition tables
+def partition_table(module: nn.Module, mesh: Mesh | jax.sharding.AbstractMesh, rules=LOGICAL_AXIS_RULES, *,
+                    compact: bool = False) -> dict[str, dict]:
+    """How every parameter of ``module`` is laid out on ``mesh``, as plain JSON-able data.
+
+    ``{path: {"shape": [...], "axes": [logical name or None per dim],
+    "spec": [mesh axis (a list for several) or None per dim]}}``, with the paths of
+    :func:`zoo.pretrained.param_shapes` (state collections such as ``batch_stats/...``
+    included, their spec replicated). The specs are those of :func:`param_shardings`.
+    Built from shapes only (nothing is allocated), so ``mesh`` may be a
+    ``jax.sharding.AbstractMesh`` of any size, e.g. the production mesh on a laptop::
+
+        mesh = jax.sharding.AbstractMesh((2, 4, 2), zoo.parallel.MESH_AXES)
+        table = zoo.parallel.partition_table(zoo.build_model(zoo.load_preset("idefics-9b")), mesh)
+
+    ``compact=True`` folds repeated layers: see :func:`fold_indices`.
+    ``tests/golden/partition_specs/`` holds such tables (compact) for every architecture.
+    """
+    abstract = abstract_variables(module)
+    shardings = flatten_variables(_param_shardings(module, abstract, mesh, rules))
+    names = {path: leaf.names for path, leaf in flatten(abstract["params"]).items()
+             if isinstance(leaf, nn.Partitioned)}
+    shapes = param_shapes(module, abstract=abstract)
+    table = {}
+    for path, sharding in shardings.items():
+        shape = [int(n) for n in shapes[path]]
+        spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+        table[path] = {
+            "shape": shape,
+            "axes": list(names.get(path, (None,) * len(shape))),
+            "spec": [list(a) if isinstance(a, tuple) else a for a in spec],
+        }
+    return fold_indices(table) if compact else table
+
+
+def fold_indices(table: Mapping[str, Any]) -> dict[str, Any]:
+    """``table`` (path -> JSON-able entry) with numbered modules folded, losslessly.
+
+    A path segment other than the last with numeric parts (``layer_3``, ``blocks_0_1``)
+    is a slot; paths that differ only in one slot and have identical entries become one
+    path whose slot lists its indices: ``encoder/layer_{0..11}/output/dense/kernel``,
+    ``gated_cross_attn_layers_{0,4}``, ``blocks_{0..5}_1``; an index list holds ints and
+    inclusive ``a..b`` ranges, comma-separated. Entries that differ stay apart
+    (``layer_{0..2,4..11}`` and ``layer_3``), so the folded table expands back to
+    ``table`` exactly. Slots fold from the right (layers within a stage first, then
+    stages), deterministically.
+    """
+    table = dict(table)
+    slots = {(i, j) for p in table for i, seg in enumerate(p.split("/")[:-1])
+             for j, part in enumerate(seg.split("_")) if j and part.isdigit()}
+    for i, j in sorted(slots, reverse=True):
+        groups: dict[str, dict[str, list[int]]] = {}
+        for path in list(table):
+            segs = path.split("/")
+            parts = segs[i].split("_") if i < len(segs) - 1 else []
+            if j >= len(parts) or not parts[j].isdigit():
+                continue
+            index, parts[j] = int(parts[j]), "{}"
+            template = "/".join(segs[:i] + ["_".join(parts)] + segs[i + 1:])
+            key = json.dumps(table[path], sort_keys=True)
+            groups.setdefault(template, {}).setdefault(key, []).append(index)
+        for template, classes in groups.items():
+            for indices in classes.values():
+                if len(indices) < 2:
+                    continue
+                segs = template.split("/")
+                entry = None
+                for index in indices:
+                    path = "/".join(segs[:i] + [segs[i].replace("{}", str(index), 1)] + segs[i + 1:])
+                    entry = table.pop(path)
+                label = "{" + _format_indices(sorted(indices)) + "}"
+                table["/".join(segs[:i] + [segs[i].replace("{}", label, 1)] + segs[i + 1:])] = entry
+    return dict(sorted(table.items()))
+
+
+def _format_indices(indices: Sequence[int]) -> str:
+    """[0, 1, 2, 4, 6, 7] -> ``"0..2,4,6,7"`` (runs of three or more as ranges)."""
+    runs: list[list[int]] = []
+    for n in indices:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ",".join(f"{r[0]}..{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
+
+
+__all__ += ["fold_indices", "partition_table"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -264,27 +265,56 @@ def open_weights(directory: Path) -> Checkpoint:
     return open_checkpoint(zoo_file if zoo_file.exists() else directory)
 
 
-def plan_params(ckpt: Checkpoint, module: nn.Module,
-                expected: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, TensorSource], ConversionReport]:
+def plan_params(ckpt: Checkpoint, module: nn.Module, expected: Mapping[str, tuple[int, ...]], *,
+                ignore_mismatched_sizes: bool = False) -> tuple[dict[str, TensorSource], ConversionReport]:
     """Flax path -> :class:`TensorSource` of every parameter of ``module`` that ``ckpt``
     provides (``expected``: :func:`param_shapes` of ``module``), every shape checked from the
     file headers; no tensor is read. Raises :class:`KeyMappingError` on missing parameters
-    (e.g. a checkpoint of another family) or shapes that do not fit."""
+    (e.g. a checkpoint of another family) or shapes that do not fit, unless
+    ``ignore_mismatched_sizes``: then those are initialised instead (``report.mismatched``)."""
     if Path(ckpt.path).name != ZOO_WEIGHTS:
         family = get_family(module.config.model_type)
         return plan_torch_to_flax(ckpt.keys(), family.key_table, expected, shape_of=ckpt.shape,
-                                  source=str(Path(ckpt.path).parent))
-    report = ConversionReport()
-    sources = {}
-    for key in ckpt.keys():
-        if key not in expected:
+                                  source=str(Path(ckpt.path).parent),
+                                  ignore_mismatched_sizes=ignore_mismatched_sizes)
+    # a zoo directory: Flax paths already; another head of the family loads the same body
+    # (the base-model prefix added or removed), and a head's own parameters may be missing
+    table = get_family(module.config.model_type).key_table
+    prefix = table.base_model_prefix + "/"
+    expects_prefix = any(p.startswith(prefix) for p in expected)
+    keys = list(ckpt.keys())
+    has_prefix = any(k.startswith(prefix) for k in keys)
+    report = ConversionReport(prefix=None if expects_prefix == has_prefix or not keys else
+                              "added" if expects_prefix else "removed")
+    sources, mismatched = {}, set()
+    for key in keys:
+        path = key
+        if expects_prefix and not has_prefix and key.split("/")[0] not in STATE_COLLECTIONS:
+            path = prefix + key
+        elif has_prefix and not expects_prefix:
+            path = key[len(prefix):] if key.startswith(prefix) else None
+        if path not in expected:
             report.unused.append(key)
             continue
-        sources[key] = TensorSource(key, key, torch_layout=False)
-        check_shape(sources[key], ckpt.shape(key), expected, ckpt.path)
-    missing = [k for k in expected if k not in sources]
+        if ignore_mismatched_sizes and tuple(ckpt.shape(key)) != tuple(expected[path]):
+            report.mismatched.append(f"{key} {tuple(ckpt.shape(key))} (the model's {path} is "
+                                     f"{tuple(expected[path])})")
+            mismatched.add(path)
+            continue
+        sources[path] = TensorSource(key, path, torch_layout=False)
+        check_shape(sources[path], ckpt.shape(key), expected, ckpt.path)
+    allowed = [re.compile(p) for p in table.init_if_missing]
+    missing = []
+    for path in expected:
+        if path in sources:
+            continue
+        if path in mismatched or any(a.search(path) for a in allowed):
+            report.missing.append(path)
+        else:
+            missing.append(path)
     if missing:
-        raise KeyMappingError(f"{ckpt.path}: {len(missing)} parameters missing: {', '.join(missing[:8])}")
+        raise KeyMappingError(f"{ckpt.path}: {len(missing)} parameters missing (wrong family or architecture?): "
+                              f"{', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
     return sources, report
 
 
@@ -307,12 +337,13 @@ def load_flat_params(
     param_dtype=None,
     on_tensor: Callable[[str], None] | None = None,
     place: Callable[[np.ndarray], Any] | None = None,
+    ignore_mismatched_sizes: bool = False,
 ) -> tuple[dict[str, np.ndarray], ConversionReport]:
     """Read (and convert if needed) the weights of ``directory`` for ``module`` as numpy
     (or, with ``place``, as what ``place`` makes of each tensor right after reading it)."""
     expected = param_shapes(module)
     with open_weights(directory) as ckpt:
-        sources, report = plan_params(ckpt, module, expected)
+        sources, report = plan_params(ckpt, module, expected, ignore_mismatched_sizes=ignore_mismatched_sizes)
         return read_sources(ckpt.get, sources, expected, dtype=_np_dtype(param_dtype), source=ckpt.path,
                             on_tensor=on_tensor, place=place), report
 
@@ -332,6 +363,8 @@ def from_pretrained(
     progress: bool = False,
     mesh: jax.sharding.Mesh | None = None,
     axis_rules=None,
+    config: ZooConfig | None = None,
+    ignore_mismatched_sizes: bool = False,
     **module_kwargs,
 ):
     """``(model, params)`` from a HF PyTorch checkpoint, a zoo directory or a hub repo id.
@@ -350,9 +383,18 @@ def from_pretrained(
     Parameters a task head needs but the checkpoint lacks (declared by the family's key
     table, e.g. a classifier on top of a pretrained body) are initialised from ``rng``
     and listed in the report (``return_report=True`` returns ``(model, params, report)``).
+    config: build the model from this config instead of the checkpoint's (same family),
+    e.g. with another ``num_labels``; ``ignore_mismatched_sizes=True`` then initialises the
+    parameters whose checkpoint shape no longer fits (a classifier for other labels) instead
+    of raising, as HF's flag of that name (listed in ``report.mismatched``).
     """
     directory = resolve_checkpoint(path_or_repo_id)
-    family, config = read_config(directory)
+    family, stored_config = read_config(directory)
+    if config is None:
+        config = stored_config
+    elif config.model_type != stored_config.model_type:
+        raise UnsupportedModelError(f"config is a {config.model_type} config, the checkpoint {directory} is "
+                                    f"{stored_config.model_type}")
     if param_dtype is None:
         with open_weights(directory) as ckpt:
             module_param_dtype = checkpoint_dtype(ckpt)
@@ -366,7 +408,8 @@ def from_pretrained(
             from zoo import parallel
 
             params, report = parallel.load_onto_mesh(directory, stored, mesh, param_dtype=param_dtype, rng=rng,
-                                                     rules=axis_rules, on_tensor=on_tensor)
+                                                     rules=axis_rules, on_tensor=on_tensor,
+                                                     ignore_mismatched_sizes=ignore_mismatched_sizes)
             if stored is not module:  # restacked on the devices, then laid out as the module's parameters
                 shardings = flatten_variables(parallel.param_shardings(
                     module, mesh, parallel.LOGICAL_AXIS_RULES if axis_rules is None else axis_rules))
@@ -376,7 +419,8 @@ def from_pretrained(
         # each tensor goes to the device as soon as it is read: the model is never in memory twice
         # (a layout conversion restacks on the host first)
         flat, report = load_flat_params(directory, stored, param_dtype=param_dtype, on_tensor=on_tensor,
-                                        place=jax.device_put if stored is module else None)
+                                        place=jax.device_put if stored is module else None,
+                                        ignore_mismatched_sizes=ignore_mismatched_sizes)
     if stored is not module:
         flat = {p: jax.device_put(v) for p, v in _to_layout(flat, module, module.scan_layers).items()}
     flat.update(init_flat(module, rng, report.missing))

@@ -184,6 +184,10 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
+# what `zoo finetune` trains (zoo.finetune maps each to a head, a loss and a data format)
+TASKS = ("text_classification", "speech_recognition_ctc", "image_classification")
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How to fine-tune (defaults: HF ``TrainingArguments``' where they exist).
@@ -201,7 +205,9 @@ class Recipe:
       (checked by the step when set; None: any).
     compute_dtype: ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
     remat: ``"none"``, ``"full"``, ``"dots"`` or ``"dots_with_no_batch_dims"``.
-    seed: the train state's rng (dropout, stochastic depth, ...).
+    seed: the train state's rng (dropout, stochastic depth, ...) and the data order of
+      ``zoo finetune``.
+    task: what ``zoo finetune`` trains (one of :data:`TASKS`; None for library use).
     description: free text.
     """
 
@@ -223,12 +229,13 @@ class Recipe:
     compute_dtype: str = "float32"
     remat: str = "none"
     seed: int = 0
+    task: str | None = None
     description: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "frozen", tuple(self.frozen))
         choices = {"optimizer": ("adamw",), "schedule": SCHEDULES, "compute_dtype": COMPUTE_DTYPES,
-                   "remat": tuple(REMAT_POLICIES)}
+                   "remat": tuple(REMAT_POLICIES), "task": (None, *TASKS)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"recipe {name}={getattr(self, name)!r} is not supported; "
@@ -605,7 +612,7 @@ def split_batch(batch, devices: Sequence[jax.Device] | None = None):
 
 
 __all__ = [
-    "COMPUTE_DTYPES", "REMAT_POLICIES", "RNG_STREAMS", "Recipe", "SCHEDULES", "TrainState", "ctc_loss",
+    "COMPUTE_DTYPES", "REMAT_POLICIES", "RNG_STREAMS", "Recipe", "SCHEDULES", "TASKS", "TrainState", "ctc_loss",
     "decay_mask", "freeze", "image_classification_loss", "layer_decay_scales", "layer_ids", "make_optimizer",
     "make_pmap_train_step", "make_schedule", "make_train_step", "model_loss", "replicate",
     "sequence_classification_loss", "split_batch", "state_shardings", "trainable_labels", "unreplicate",
