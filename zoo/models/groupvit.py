@@ -240,7 +240,7 @@ class _TextEmbeddings(nn.Module):
         cfg = self.config
         kw = dict(std=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
         tokens = Embed(cfg.vocab_size, cfg.hidden_size, name="token_embedding", **kw)(input_ids)
-        return tokens + Embed(cfg.max_position_embeddings, cfg.hidden_size, ("vocab", "embed"),
+        return tokens + Embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"),
                               name="position_embedding", **kw)(position_ids)
 
 
