@@ -27,6 +27,23 @@ FAST = ["warmup_steps=1", "total_steps=100", "learning_rate=0.003", "batch_size=
         "compute_dtype=\"float32\"", "remat=\"none\""]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Each `zoo finetune` call jits its step anew; runs of one test compile the same
+    programs, so a persistent compilation cache (for this module only) compiles them once."""
+    import jax
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {name: getattr(jax.config, name) for name in names}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
 def run(*args) -> int:
     return cli.main(["finetune", *map(str, args), "--no-progress"])
 
@@ -165,3 +182,33 @@ def test_errors_name_the_problem(text_checkpoint, tmp_path, capsys):
     assert run("--recipe", recipe, *base, "--mesh", "data=3") == 1
     assert "data=3" in capsys.readouterr().err
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_another_label_count_replaces_the_classifier(text_checkpoint, tmp_path):
+    """A classifier checkpoint loads with another number of labels only when asked, HF's way;
+    a zoo directory of the bare body loads into the classifier (prefix added)."""
+    body, params = zoo.from_pretrained(text_checkpoint)
+    config3 = body.config.replace(num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+    clf3 = zoo.build_model(config3, "Data2VecTextForSequenceClassification")
+    zoo.export_pytorch(tmp_path / "hf3", clf3, zoo.init_params(clf3, 1))  # a HF checkpoint with 3 labels
+    zoo.save_pretrained(tmp_path / "zoo3", clf3, zoo.init_params(clf3, 1))  # a zoo directory with 3 labels
+    config2 = body.config.replace(num_labels=2, id2label={0: "x", 1: "y"})
+    head = "Data2VecTextForSequenceClassification"
+    for source in (tmp_path / "hf3", tmp_path / "zoo3"):
+        with pytest.raises(zoo.pretrained.KeyMappingError, match="shape"):
+            zoo.from_pretrained(source, head, config=config2)
+        model, loaded, report = zoo.from_pretrained(source, head, config=config2, ignore_mismatched_sizes=True,
+                                                    return_report=True)
+        assert sorted(m.split()[0].replace(".", "/").replace("weight", "kernel") for m in report.mismatched) == \
+            ["classifier/out_proj/bias", "classifier/out_proj/kernel"]
+        assert model.config.id2label == {0: "x", 1: "y"}
+        assert loaded["classifier"]["out_proj"]["kernel"].shape == (32, 2)
+        assert sorted(report.missing) == ["classifier/out_proj/bias", "classifier/out_proj/kernel"]
+    # the body's own weights are the checkpoint's, the prefix added for the head model
+    _, clf, report = zoo.from_pretrained(text_checkpoint, "Data2VecTextForSequenceClassification",
+                                         return_report=True)
+    assert report.prefix == "added" and all(m.startswith("classifier/") for m in report.missing)
+    np.testing.assert_array_equal(clf["data2vec_text"]["embeddings"]["word_embeddings"]["embedding"],
+                                  params["embeddings"]["word_embeddings"]["embedding"])
+    with pytest.raises(zoo.registry.UnsupportedModelError, match="data2vec-audio"):
+        zoo.from_pretrained(text_checkpoint, config=zoo.load_preset("data2vec-audio-base"))

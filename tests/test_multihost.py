@@ -51,6 +51,9 @@ def _launch(root: Path, output: str, max_steps: int, devices: int, process: tupl
             "--xla_llvm_disable_expensive_passes=true"
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    # the resumed leg compiles what the first leg compiled: a shared persistent cache
+    env.update(JAX_COMPILATION_CACHE_DIR=str(root / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "zoo", "finetune", "--recipe", str(root / "recipe.json"),
