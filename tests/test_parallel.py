@@ -53,6 +53,12 @@ class On8Devices:
             self._result = json.loads(lines[-1][len("RESULT "):])
         return self._result
 
+    def stderr(self) -> str:
+        """What the subprocess wrote on stderr (XLA's warnings), once it has finished."""
+        self.result()
+        self._err.seek(0)
+        return self._err.read()
+
     def close(self) -> None:
         if self._proc.poll() is None:
             self._proc.kill()

@@ -29,6 +29,7 @@ batch (multi-host input pipelines are not covered yet).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -218,6 +219,26 @@ def shard_params(params: Mapping, module: nn.Module, mesh: Mesh, rules=LOGICAL_A
     return jax.device_put(params, shardings)
 
 
+def activation_rules(mesh: Mesh) -> tuple[tuple[str, Any], ...]:
+    """Flax logical-axis rules for activations on ``mesh``: ``batch`` over ``("data", "fsdp")``."""
+    return (("batch", tuple(a for a in BATCH_AXES if a in mesh.shape)),)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh):
+    """Trace (call a jitted function for the first time) inside this context to give the
+    models' sharding hints a mesh: ``nn.with_logical_constraint`` calls in the zoo's layers
+    (the embedding lookup keeps the batch split, see :mod:`zoo.nn.layers`) resolve by
+    :func:`activation_rules`. Outside it they do nothing. :func:`zoo.train.make_train_step`
+    uses it; for your own jitted forward::
+
+        with zoo.parallel.activation_sharding(mesh):
+            logits = forward(params, batch)
+    """
+    with jax.set_mesh(mesh), nn.logical_axis_rules(activation_rules(mesh)):
+        yield
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Every array of ``batch`` (any pytree) placed on ``mesh`` with its leading (batch)
     dimension split over ``("data", "fsdp")``: ``[B, ...]`` -> ``[B / (data * fsdp), ...]``
@@ -303,7 +324,7 @@ def _sharded_array(ckpt: Checkpoint, src: TensorSource, shape: tuple[int, ...], 
 
 
 __all__ = [
-    "BATCH_AXES", "LOGICAL_AXIS_RULES", "MESH_AXES", "load_onto_mesh", "load_sharded", "logical_to_spec",
+    "BATCH_AXES", "LOGICAL_AXIS_RULES", "MESH_AXES", "activation_rules", "activation_sharding", "load_onto_mesh", "load_sharded", "logical_to_spec",
     "make_mesh", "param_shardings", "shard_batch", "shard_params",
 ]
 

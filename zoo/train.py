@@ -68,7 +68,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from zoo.parallel import BATCH_AXES, LOGICAL_AXIS_RULES, _param_shardings
+from zoo.parallel import BATCH_AXES, LOGICAL_AXIS_RULES, _param_shardings, activation_sharding
 from zoo.pretrained import abstract_variables, as_dtype, as_variables
 
 
@@ -541,7 +541,17 @@ def make_train_step(module: nn.Module, recipe: Recipe, loss_fn: Callable, *, mes
         value, metrics, grads, stats = _accumulated(module, recipe, loss_fn, state, batch, step_rng, constrain)
         return _update(tx, schedule, state, value, metrics, constrain["grads"](grads), stats, rng)
 
-    return jax.jit(step, donate_argnums=(0,), **shardings)
+    jitted = jax.jit(step, donate_argnums=(0,), **shardings)
+    if mesh is None:
+        return jitted
+
+    @functools.wraps(step)
+    def sharded_step(state: TrainState, batch):
+        with activation_sharding(mesh):  # the models' activation sharding hints resolve on this mesh
+            return jitted(state, batch)
+
+    sharded_step.lower = jitted.lower  # keep the jit API that callers inspect
+    return sharded_step
 
 
 # ------------------------------------------------------------------------------- pmap

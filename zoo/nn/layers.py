@@ -97,6 +97,24 @@ def LayerNorm(
     )
 
 
+class _Embed(nn.Embed):
+    """``nn.Embed`` for sharded training: inside :func:`zoo.parallel.activation_sharding` the
+    table is gathered whole before the lookup (FSDP: a parameter is all-gathered where it is
+    used) and the looked-up vectors keep the batch sharding of the ids. Without that context
+    it is ``nn.Embed``. (Looking up rows of a table split along ``embed`` into a batch split
+    over the same devices makes XLA replicate the whole result first.)"""
+
+    def __call__(self, inputs):
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError(f"{self.name}: token ids must be integers, got {inputs.dtype}")
+        (table,) = self.promote_dtype(self.embedding, dtype=self.dtype, inexact=False)
+        if self.num_embeddings == 1:  # as nn.Embed: every id reads the one row
+            out = jnp.broadcast_to(table, inputs.shape + (self.features,))
+        else:
+            out = jnp.take(nn.with_logical_constraint(table, (None, None)), inputs, axis=0)
+        return nn.with_logical_constraint(out, ("batch",) + (None,) * (out.ndim - 1)) if out.ndim else out
+
+
 def Embed(
     num_embeddings: int,
     features: int,
@@ -107,7 +125,7 @@ def Embed(
     param_dtype: Dtype = jnp.float32,
     name: str | None = None,
 ) -> nn.Embed:
-    return nn.Embed(
+    return _Embed(
         num_embeddings,
         features,
         dtype=dtype,
