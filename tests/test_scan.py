@@ -1,8 +1,10 @@
 """Encoder layers under ``nn.scan`` (``scan_layers=True``) and ``remat_policy``.
 
-Scanned and per-layer models give equal outputs and gradients (dropout and LayerDrop
-active with a fixed rng); checkpoints move between the per-layer and stacked layouts
-bit-exactly; a HF checkpoint loads straight into a scanned model.
+Scanned and per-layer models give equal outputs and gradients (dropout, LayerDrop,
+drop-path and BigBird's random blocks active with a fixed rng); checkpoints move between the
+per-layer and stacked layouts bit-exactly; a HF checkpoint loads straight into a scanned
+model and exports back bit-exactly. Families: Data2Vec text / audio / vision, SEW-D (with
+DeBERTa's conv branch: layer 0 outside the stack) and BigBird.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import pytest
 from safetensors.numpy import load_file
 
 import zoo
-from zoo import parallel
+from zoo import parallel, train
+from zoo.models.big_bird import BigBirdConfig
 from zoo.models.data2vec_audio import Data2VecAudioConfig
 from zoo.models.data2vec_text import Data2VecTextConfig
+from zoo.models.data2vec_vision import Data2VecVisionConfig
+from zoo.models.sew_d import SEWDConfig
 from zoo.nn import scan
-from zoo.pretrained import flatten, flatten_variables, unflatten
+from zoo.pretrained import as_variables, flatten, flatten_variables, unflatten
 
 TOL = 1e-6
+TOL_BLOCK_SPARSE = 1e-5  # two compilations of the block-sparse kernel: its gathers fuse differently
 # Compile-bound tests: cheaper XLA CPU pipelines (3x, 6x faster to compile these models).
 # Without the fusion emitters, two compilations of the audio feature encoder already differ
 # by 1 ulp (2e-6 on values ~5) before the first layer: the audio comparisons keep them.
@@ -39,8 +45,18 @@ TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_he
 AUDIO = dict(vocab_size=12, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
              conv_dim=(16, 24), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=2,
              conv_pos_kernel_size=5, num_conv_pos_embedding_groups=2, layerdrop=0.3, mask_time_prob=0.0)
+VISION = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37, image_size=16,
+              patch_size=4, use_relative_position_bias=True, use_shared_relative_position_bias=True,
+              drop_path_rate=0.5, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, num_labels=3,
+              out_indices=[1, 2, 3, 4], auxiliary_channels=16)
+SEW_D = dict(vocab_size=12, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+             conv_dim=(32,), conv_stride=(5,), conv_kernel=(10,), num_conv_pos_embeddings=2,
+             num_conv_pos_embedding_groups=2, max_position_embeddings=16, position_buckets=8, mask_time_prob=0.0,
+             conv_kernel_size=3)  # DeBERTa's conv branch after layer 0: layer 0 per layer, layer 1 stacked
+BIG_BIRD = dict(TEXT, attention_type="original_full", block_size=2, num_random_blocks=1)
 TEXT_LAYOUT = ("encoder/layer_{i}", "encoder/layers")
 AUDIO_LAYOUT = ("encoder/layers_{i}", "encoder/layers")
+SEW_D_LAYOUT = ("encoder/layer_{i}", "encoder/layers", 1)
 
 
 def text_batch():
@@ -60,9 +76,17 @@ def audio_batch():
     return dict(input_values=x, attention_mask=mask, labels=np.array([[1, 5, 7, 2], [3, 4, -100, -100]]))
 
 
-CASES = {  # family -> (config, architecture, batch, per-layer and stacked prefixes)
+def image_batch():
+    return dict(pixel_values=np.random.RandomState(2).randn(2, 3, 16, 16).astype(np.float32))
+
+
+CASES = {  # family -> (config, architecture, batch, per-layer and stacked prefixes[, first stacked layer])
     "text": (Data2VecTextConfig.from_dict(TEXT), "Data2VecTextForMaskedLM", text_batch, TEXT_LAYOUT),
     "audio": (Data2VecAudioConfig.from_dict(AUDIO), "Data2VecAudioForCTC", audio_batch, AUDIO_LAYOUT),
+    "vision": (Data2VecVisionConfig.from_dict(VISION), "Data2VecVisionForImageClassification", image_batch,
+               TEXT_LAYOUT),
+    "sew_d": (SEWDConfig.from_dict(SEW_D), "SEWDForCTC", audio_batch, SEW_D_LAYOUT),
+    "big_bird": (BigBirdConfig.from_dict(BIG_BIRD), "BigBirdForMaskedLM", text_batch, TEXT_LAYOUT),
 }
 
 
@@ -73,15 +97,19 @@ def random_params(model, seed=0) -> dict:
                       for p, shape in zoo.pretrained.param_shapes(model).items()})
 
 
-def grad_fn(model, batch):
-    """(gradients, outputs) of a loss in training mode, dropout (and LayerDrop) from a fixed
-    key; the CTC loss is left out (it is not what is tested, and slow to compile), and so are
-    the attentions (compared in the other tests)."""
+RNGS = ("dropout", "drop_path", "random_blocks")
+
+
+def grad_fn(model, batch, output_attentions=False):
+    """(gradients, outputs) of a loss in training mode, dropout (LayerDrop, drop-path, random
+    blocks) from fixed keys; the CTC loss is left out (it is not what is tested, and slow to
+    compile), and so are the attentions unless asked for (else compared in the other tests)."""
     batch = {k: v for k, v in batch.items() if k != "labels" or "input_ids" in batch}
 
     def loss(params):
         out = model.apply({"params": params}, **batch, output_hidden_states=True, deterministic=False,
-                          rngs={"dropout": jax.random.key(7)})
+                          output_attentions=output_attentions,
+                          rngs={name: jax.random.key(7 + i) for i, name in enumerate(RNGS)})
         return (out.loss if out.loss is not None else jnp.mean(jnp.square(out.logits))), out
 
     return jax.grad(loss, has_aux=True)
@@ -94,26 +122,34 @@ def max_abs_diff(a, b) -> float:
 
 # (scan_layers, remat_policy) against the per-layer model without remat: every policy once,
 # both layouts. Each is a model to compile (the test time); one jit per family.
-VARIANTS = {"text": [(True, "full"), (False, "dots")], "audio": [(True, None), (True, "dots_with_no_batch_dims")]}
+VARIANTS = {"text": [(True, "full"), (False, "dots")], "audio": [(True, None), (True, "dots_with_no_batch_dims")],
+            "vision": [(True, "dots")], "sew_d": [(True, "full")], "big_bird": [(True, "dots_with_no_batch_dims")]}
+WITH_ATTENTIONS = {"vision", "sew_d", "big_bird"}  # their attentions are compared here too
+# the conv feature encoder's backward pass is no part of the layers (and slow to compile)
+MODEL_KWARGS = {"sew_d": dict(freeze_feature_encoder=True)}
 
 
 @functools.cache
 def results(name: str):
     """(reference (gradients, outputs), {variant: (gradients, outputs)}) of one family."""
     config, arch, make_batch, layout = CASES[name]
-    reference = zoo.build_model(config, arch)
+    kwargs = MODEL_KWARGS.get(name, {})
+    reference = zoo.build_model(config, arch, **kwargs)
     params, batch = random_params(reference), make_batch()
     stacked = unflatten(scan.stack_layers(flatten(params), *layout))
-    models = {str(v): zoo.build_model(config, arch, scan_layers=v[0], remat_policy=v[1]) for v in VARIANTS[name]}
+    models = {str(v): zoo.build_model(config, arch, scan_layers=v[0], remat_policy=v[1], **kwargs)
+              for v in VARIANTS[name]}
     for variant, model in models.items():
         if model.scan_layers:
             assert zoo.pretrained.param_shapes(model) == {k: v.shape for k, v in flatten(stacked).items()}
 
-    def run(params, stacked):
-        return grad_fn(reference, batch)(params), {
-            v: grad_fn(m, batch)(stacked if m.scan_layers else params) for v, m in models.items()}
+    attentions = name in WITH_ATTENTIONS
 
-    return jit(run, FAST_COMPILE if name == "text" else CHEAP_COMPILE)(params, stacked)
+    def run(params, stacked):
+        return grad_fn(reference, batch, attentions)(params), {
+            v: grad_fn(m, batch, attentions)(stacked if m.scan_layers else params) for v, m in models.items()}
+
+    return jit(run, CHEAP_COMPILE if name in ("audio", "sew_d") else FAST_COMPILE)(params, stacked)
 
 
 @pytest.mark.parametrize("name,variant", [(n, v) for n, vs in VARIANTS.items() for v in vs],
@@ -123,6 +159,8 @@ def test_scanned_and_per_layer_give_equal_outputs_and_gradients(name, variant):
     (ref_grads, ref_out), variants = results(name)
     grads, out = variants[str(variant)]
     assert len(out.hidden_states) == config.num_hidden_layers + 1
+    if name in WITH_ATTENTIONS:
+        assert len(out.attentions) == config.num_hidden_layers
     assert max_abs_diff(out, ref_out) <= TOL
     flat_grads = scan.unstack_layers(flatten(grads), *layout)
     assert flat_grads.keys() == flatten(ref_grads).keys()
@@ -187,7 +225,8 @@ def _assert_same(tree, reference):
         assert np.asarray(a[k]).dtype == np.asarray(b[k]).dtype and np.array_equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# vision and big_bird: the layouts of text (their HF round trip is in the next test)
+@pytest.mark.parametrize("name", ["audio", "sew_d", "text"])
 def test_checkpoint_round_trips_are_bit_exact(name, tmp_path):
     config, arch, _, layout = CASES[name]
     model = zoo.build_model(config, arch)
@@ -222,10 +261,13 @@ def test_checkpoint_round_trips_are_bit_exact(name, tmp_path):
     assert specs and all(spec[0] is None for spec in specs.values())
 
 
-HF_ARCHITECTURES = {"text": "Data2VecTextForMaskedLM", "audio": "Data2VecAudioModel"}  # light to compile
+HF_ARCHITECTURES = {  # light to compile, but the segmentation head (out_indices from the stacked hidden states)
+    "text": "Data2VecTextForMaskedLM", "audio": "Data2VecAudioModel",
+    "vision": "Data2VecVisionForSemanticSegmentation", "big_bird": "BigBirdForMaskedLM",
+}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(HF_ARCHITECTURES))
 def test_hf_checkpoint_into_scanned_model_matches_hf(name, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -236,14 +278,58 @@ def test_hf_checkpoint_into_scanned_model_matches_hf(name, tmp_path):
     hf_config = getattr(transformers, type(config).__name__)(**config.to_dict(), attn_implementation="eager")
     torch.manual_seed(0)
     hf = getattr(transformers, arch)(hf_config).eval()
+    if name == "vision":  # HF starts relative-position tables, layer scales, BN statistics at constants
+        from test_data2vec_vision_parity import randomize
+
+        randomize(hf)
     hf.save_pretrained(tmp_path)
     model, params = zoo.from_pretrained(tmp_path, scan_layers=True, remat_policy="full")
-    assert any("/layers/" in k for k in flatten(params))
+    assert any("/layers/" in k for k in flatten_variables(params))
     batch = make_batch()
-    if name == "audio":
-        del batch["labels"]
+    if not arch.endswith("MaskedLM"):
+        batch.pop("labels", None)
     with torch.no_grad():
         ref = hf(**torch_inputs(batch), output_hidden_states=True, output_attentions=True)
-    got = jit(lambda p: model.apply({"params": p}, **batch, output_hidden_states=True,
+    got = jit(lambda p: model.apply(as_variables(p), **batch, output_hidden_states=True,
                                     output_attentions=True))(params)
     assert_outputs_match(got, ref)
+
+    # and back to HF's keys, bit-exact
+    zoo.export_pytorch(tmp_path / "pt", model, params)
+    exported, original = (load_file(str(d / "model.safetensors")) for d in (tmp_path / "pt", tmp_path))
+    assert exported.keys() == original.keys()
+    _assert_same(exported, original)
+
+
+def test_big_bird_block_sparse_draws_the_same_blocks_in_both_layouts():
+    """Each layer draws its own random blocks from its own key of the "random_blocks" stream
+    (training), or from ``inference_random_seed`` folded with its (scanned) layer index."""
+    config = BigBirdConfig.from_dict(dict(BIG_BIRD, attention_type="block_sparse"))
+    models = [zoo.build_model(config, "BigBirdModel", scan_layers=s, remat_policy="full" if s else None,
+                              inference_random_seed=3) for s in (False, True)]
+    params = random_params(models[0], 2)
+    stacked = unflatten(scan.stack_layers(flatten(params)))
+    ids = np.random.RandomState(4).randint(3, 99, (2, 19))  # > (5 + 2 * 1) * 2 tokens: block-sparse
+
+    @jit
+    def run(p, p_stacked):
+        return [[model.apply({"params": prm}, ids, output_hidden_states=True, deterministic=not training,
+                             rngs={"dropout": jax.random.key(0), "random_blocks": jax.random.key(1)})
+                 for training in (True, False)] for model, prm in zip(models, (p, p_stacked))]
+
+    (train, infer), (train_scanned, infer_scanned) = run(params, stacked)
+    assert max_abs_diff(train, train_scanned) <= TOL_BLOCK_SPARSE
+    assert max_abs_diff(infer, infer_scanned) <= TOL_BLOCK_SPARSE
+
+
+@pytest.mark.parametrize("name", ["vision", "sew_d"])
+def test_layer_decay_ids_are_the_same_in_both_layouts(name):
+    config, arch, _, layout = CASES[name]
+    shapes = zoo.pretrained.param_shapes(zoo.build_model(config, arch))
+    params = unflatten({p: np.zeros(shape, np.float32) for p, shape in shapes.items()})
+    ids, num_layers = train.layer_ids(params)
+    stacked_ids, stacked_num_layers = train.layer_ids(unflatten(scan.stack_layers(flatten(params), *layout)))
+    assert num_layers == stacked_num_layers == config.num_hidden_layers
+    expected = scan.stack_layers(flatten(ids), *layout)
+    assert expected.keys() == flatten(stacked_ids).keys()
+    assert all(np.array_equal(expected[k], v) for k, v in flatten(stacked_ids).items())

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept (default 2)")
     p.add_argument("--log-every", type=int, default=1, help="metrics line every N steps")
     p.add_argument("--max-length", type=int, help="text: tokens per row; audio: samples per row (default: longest)")
-    p.add_argument("--scan-layers", action="store_true", help="run the encoder layers as one nn.scan (Data2Vec)")
+    p.add_argument("--scan-layers", action="store_true",
+                   help="run the encoder layers as one nn.scan (Data2Vec, BigBird, SEW-D)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--coordinator", help="many hosts: HOST:PORT of process 0 (with --num-processes, --process-id)")
     p.add_argument("--num-processes", type=int)

@@ -122,22 +122,36 @@ _STEM = re.compile(r"(?:^|/)(embeddings|embed_tokens|pos_conv_embed|masked_spec_
                    r"feature_projection|cls_token|mask_token)(?:/|$)")
 
 
-def _layer_index(path: str, leaf):
+def _layer_index(path: str, leaf, first: Mapping[str, int] | None = None):
     """The encoder layer of a parameter (an int), the layers of a stacked one (an index
-    vector along its leading axis), or None."""
-    if _STACKED.search(path):
-        return np.arange(np.shape(leaf)[0])
+    vector along its leading axis, from ``first[encoder path]``, default 0), or None."""
+    if m := _STACKED.search(path):
+        return (first or {}).get(path[:m.start()], 0) + np.arange(np.shape(leaf)[0])
     return int(m.group(1)) if (m := _LAYER.search(path)) else None
+
+
+def _first_stacked(paths) -> dict[str, int]:
+    """Per encoder (the path before ``encoder/``): the index of its first stacked layer, the
+    number of layers it keeps per layer next to a stack (SEW-D's layer 0 before its conv
+    branch, see :mod:`zoo.nn.scan`)."""
+    paths = list(paths)
+    stacks = {p[:m.start()] for p in paths if (m := _STACKED.search(p))}
+    first: dict[str, int] = {}
+    for p in paths:
+        if (m := _LAYER.search(p)) and p[:m.start()] in stacks:
+            first[p[:m.start()]] = max(first.get(p[:m.start()], 0), int(m.group(1)) + 1)
+    return first
 
 
 def layer_ids(params, num_layers: int | None = None):
     """``(layer id per parameter, num_layers)`` by BEiT's rule (module docstring);
     ``num_layers`` defaults to the number of encoder layers found in the tree. A stacked
     layer parameter (``encoder/layers/...`` of ``scan_layers=True``, leading axis = layers)
-    gets the vector of its layers' ids."""
+    gets the vector of its layers' ids (after the layers kept per layer next to it)."""
+    leaves = [(_path(kp), leaf) for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+    first = _first_stacked(path for path, _ in leaves)
     if num_layers is None:
-        found = [np.max(i) for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-                 if (i := _layer_index(_path(kp), leaf)) is not None]
+        found = [np.max(i) for path, leaf in leaves if (i := _layer_index(path, leaf, first)) is not None]
         if not found:
             raise ValueError("layer-wise learning-rate decay needs encoder layers (paths with "
                              "'encoder/layer_<i>/', 'encoder/layers_<i>/' or 'encoder/layers/'); this model has none")
@@ -145,7 +159,7 @@ def layer_ids(params, num_layers: int | None = None):
 
     def layer_id(kp, leaf):
         path = _path(kp)
-        i = _layer_index(path, leaf)
+        i = _layer_index(path, leaf, first)
         return i + 1 if i is not None else 0 if _STEM.search(path) else num_layers + 1
 
     return jax.tree_util.tree_map_with_path(layer_id, params), num_layers

@@ -10,6 +10,14 @@ head, from the ``"random_blocks"`` rng stream (``rngs={"random_blocks": key, ...
 inference they are all 0, as in HF; ``inference_random_seed=N`` gives a fixed random plan
 instead (per layer, from ``PRNGKey(N)``).
 
+``scan_layers=True`` (a field of every module here) runs the encoder layers as one ``nn.scan``,
+parameters stacked under ``encoder/layers/`` with a leading layer axis (checkpoints convert both
+ways, see :mod:`zoo.nn.scan`), in both attention types: under block-sparse attention each layer
+still draws its own random blocks (one ``"random_blocks"`` key per layer, split from the
+encoder's, and the layer index as a scanned input), the same in both layouts.
+``remat_policy`` (``"full"``, ``"dots"``, ``"dots_with_no_batch_dims"``) recomputes each
+layer's activations in the backward pass.
+
 Outputs are cut back to the input length: ``last_hidden_state``, every entry of
 ``hidden_states`` ``[B, L, hidden]`` and ``attentions`` ``[B, H, L, L]`` (HF returns the
 block-padded length for some of them; the values agree on the first ``L`` positions).
@@ -118,6 +126,10 @@ KEY_TABLE = KeyTable(
 )
 
 
+# Parameter paths of the encoder layers, per layer and stacked (scan_layers=True).
+LAYER_LAYOUT = tuple(f"encoder/{name}" for name in BertEncoder.layer_names)
+
+
 def uses_block_sparse(config: BigBirdConfig, length: int) -> bool:
     """Whether a sequence of ``length`` tokens runs block-sparse (else dense) attention."""
     if config.attention_type != "block_sparse":
@@ -180,6 +192,10 @@ class BigBirdModel(nn.Module):
     param_dtype: Any = jnp.float32
     inference_random_seed: int | None = None
     block_sparse_dropout: bool = False  # HF's block-sparse layer has no attention dropout
+    scan_layers: bool = False  # see the module docstring
+    remat_policy: str | None = None
+
+    layer_layout = LAYER_LAYOUT
 
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
         return init_cache(self.config, batch_size, max_length, dtype or self.dtype)
@@ -242,7 +258,8 @@ class BigBirdModel(nn.Module):
             encoder_hidden_states, encoder_attention_mask, length)
 
         x = embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past_length, deterministic)
-        enc = BertEncoder(cfg, attention_fn, self.dtype, self.param_dtype, name="encoder")(
+        enc = BertEncoder(cfg, attention_fn, self.dtype, self.param_dtype, self.scan_layers, self.remat_policy,
+                          name="encoder")(
             x, mask,
             encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
             query_positions=query_positions, cache=cache, deterministic=deterministic,
@@ -278,10 +295,15 @@ class _Head(BertHead, nn.Module):
     param_dtype: Any = jnp.float32
     inference_random_seed: int | None = None
     block_sparse_dropout: bool = False
+    scan_layers: bool = False  # see the module docstring
+    remat_policy: str | None = None
+
+    layer_layout = LAYER_LAYOUT
 
     def base(self, add_pooling_layer: bool = True) -> BigBirdModel:
         return BigBirdModel(self.config, add_pooling_layer, self.attention_fn, self.dtype, self.param_dtype,
-                            self.inference_random_seed, self.block_sparse_dropout, name="bert")
+                            self.inference_random_seed, self.block_sparse_dropout, self.scan_layers,
+                            self.remat_policy, name="bert")
 
     @staticmethod
     def dummy_inputs(config: BigBirdConfig) -> dict:

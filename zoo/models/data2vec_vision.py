@@ -20,7 +20,7 @@ from converters.mapping import KeyTable
 from zoo import outputs as out
 from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
-from zoo.nn import losses
+from zoo.nn import losses, scan
 from zoo.nn.bert import BertIntermediate
 from zoo.nn.layers import ACT2FN, Dense, LayerNorm, gelu
 from zoo.nn.resize import max_pool, resize
@@ -213,22 +213,23 @@ class Data2VecVisionAttention(nn.Module):
 
 class Data2VecVisionLayer(nn.Module):
     """Pre-LayerNorm block with layer scale and stochastic depth:
-    ``x + drop_path(lambda_1 * attn(LN(x)))``, then the same with the MLP."""
+    ``x + drop_path(lambda_1 * attn(LN(x)))``, then the same with the MLP. ``drop_path_rate``
+    (an input, not an attribute: it differs per layer, and a scan passes it as a traced
+    scalar) is the layer's stochastic-depth rate."""
 
     config: Data2VecVisionConfig
     has_relative_position_bias: bool = False
-    drop_path_rate: float = 0.0
     attention_fn: Callable = dot_product_attention
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, grid, shared_bias, interpolate_pos_encoding: bool = False,
-                 deterministic: bool = True, output_attentions: bool = False):
+                 deterministic: bool = True, output_attentions: bool = False, drop_path_rate: float | Array = 0.0):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm = lambda name: LayerNorm(cfg.layer_norm_eps, name=name, **kw)
-        drop_path = DropPath(self.drop_path_rate)
+        drop_path = DropPath(drop_path_rate)
         scale = cfg.layer_scale_init_value
         lam = lambda name: self.param(name, nn.with_logical_partitioning(nn.initializers.constant(scale), ("embed",)),
                                       (cfg.hidden_size,), self.param_dtype).astype(self.dtype)
@@ -249,12 +250,21 @@ class Data2VecVisionLayer(nn.Module):
 
 
 class Data2VecVisionEncoder(nn.Module):
-    """The layers (+ the shared relative position bias); collects hidden states and attentions."""
+    """The layers (+ the shared relative position bias); collects hidden states and attentions.
+
+    scan_layers / remat_policy: as :class:`zoo.nn.bert.BertEncoder` (stacked parameters
+    under ``layers/``, a per-layer relative position bias included; the shared one stays
+    outside the stack). The drop-path rate of each layer is a scanned input.
+    """
 
     config: Data2VecVisionConfig
     attention_fn: Callable = dot_product_attention
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    layer_names = ("layer_{i}", "layers")  # per-layer, stacked
 
     @nn.compact
     def __call__(self, x: Array, grid, interpolate_pos_encoding: bool = False, deterministic: bool = True,
@@ -265,19 +275,32 @@ class Data2VecVisionEncoder(nn.Module):
             shared_bias = RelativePositionBias(cfg.window, cfg.num_attention_heads, self.param_dtype,
                                                name="relative_position_bias")(
                 grid, interpolate_pos_encoding, x.shape[1])
-        hidden_states, attentions = [], []
-        for i, rate in enumerate(drop_path_rates(cfg.drop_path_rate, cfg.num_hidden_layers)):
-            hidden_states.append(x)
-            x, probs = Data2VecVisionLayer(cfg, cfg.use_relative_position_bias, rate, self.attention_fn,
-                                           self.dtype, self.param_dtype, name=f"layer_{i}")(
-                x, grid, shared_bias, interpolate_pos_encoding, deterministic, output_attentions)
-            attentions.append(probs)
-        hidden_states.append(x)
+
+        def step(layer, x, rate, shared_bias):
+            y, probs = layer(x, grid, shared_bias, interpolate_pos_encoding, deterministic, output_attentions,
+                             0.0 if rate is None else rate)
+            return y, (x if output_hidden_states else None, probs)
+
+        rates = None  # per layer, linear in the layer index; a scanned input (no draw at all when all 0)
+        if not deterministic and cfg.drop_path_rate > 0:
+            rates = drop_path_rates(cfg.drop_path_rate, cfg.num_hidden_layers)
+        rngs = scan.layer_rngs(self, deterministic, required=("drop_path",) if rates else ())
+        x, ys = scan.run_layers(
+            lambda name: Data2VecVisionLayer(cfg, cfg.use_relative_position_bias, self.attention_fn, self.dtype,
+                                             self.param_dtype, name=name),
+            step, x, rates, (shared_bias,), num_layers=cfg.num_hidden_layers, scan_layers=self.scan_layers,
+            remat_policy=self.remat_policy, rng=rngs, name=self.layer_names[0],
+            stacked_name=self.layer_names[1])
+        hidden, attentions = (tuple(y) for y in zip(*ys)) if ys else ((), ())
         return {
             "last_hidden_state": x,
-            "hidden_states": tuple(hidden_states) if output_hidden_states else None,
-            "attentions": tuple(attentions) if output_attentions else None,
+            "hidden_states": (*hidden, x) if output_hidden_states else None,
+            "attentions": attentions if output_attentions else None,
         }
+
+
+# Parameter paths of the encoder layers, per layer and stacked (scan_layers=True).
+LAYER_LAYOUT = tuple(f"encoder/{name}" for name in Data2VecVisionEncoder.layer_names)
 
 
 class Data2VecVisionPooler(nn.Module):
@@ -302,6 +325,11 @@ class Data2VecVisionModel(nn.Module):
     Images of another size than ``config.image_size`` work directly: absolute position
     embeddings are interpolated bicubically and relative position biases bilinearly, as
     HF does (``interpolate_pos_encoding`` is accepted for HF compatibility).
+
+    ``scan_layers`` / ``remat_policy`` (every head has them too): the encoder layers as one
+    ``nn.scan`` (parameters under ``encoder/layers/``, the per-layer relative position
+    biases with them) and per-layer rematerialisation, as in Data2VecTextModel; outputs,
+    per-layer ``hidden_states`` / ``attentions`` included, are the same either way.
     """
 
     config: Data2VecVisionConfig
@@ -309,6 +337,10 @@ class Data2VecVisionModel(nn.Module):
     attention_fn: Callable = dot_product_attention
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    layer_layout = LAYER_LAYOUT
 
     @nn.compact
     def __call__(self, pixel_values: Array, bool_masked_pos: Array | None = None,
@@ -318,7 +350,8 @@ class Data2VecVisionModel(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x, grid = Data2VecVisionEmbeddings(cfg, name="embeddings", **kw)(
             jnp.asarray(pixel_values), bool_masked_pos, deterministic)
-        enc = Data2VecVisionEncoder(cfg, self.attention_fn, name="encoder", **kw)(
+        enc = Data2VecVisionEncoder(cfg, self.attention_fn, scan_layers=self.scan_layers,
+                                    remat_policy=self.remat_policy, name="encoder", **kw)(
             x, grid, interpolate_pos_encoding, deterministic, output_attentions, output_hidden_states)
         sequence = enc["last_hidden_state"]
         if not cfg.use_mean_pooling:
@@ -341,13 +374,18 @@ class Data2VecVisionForImageClassification(nn.Module):
     attention_fn: Callable = dot_product_attention
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False  # see Data2VecVisionModel
+    remat_policy: str | None = None
+
+    layer_layout = LAYER_LAYOUT
 
     @nn.compact
     def __call__(self, pixel_values: Array, labels: Array | None = None, output_attentions: bool = False,
                  output_hidden_states: bool = False, interpolate_pos_encoding: bool = False,
                  deterministic: bool = True) -> out.ImageClassifierOutput:
         cfg = self.config
-        o = Data2VecVisionModel(cfg, True, self.attention_fn, self.dtype, self.param_dtype, name="data2vec_vision")(
+        o = Data2VecVisionModel(cfg, True, self.attention_fn, self.dtype, self.param_dtype, self.scan_layers,
+                                self.remat_policy, name="data2vec_vision")(
             pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding, deterministic=deterministic)
         logits = Dense(cfg.num_labels, ("embed", "classes"), std=cfg.initializer_range, dtype=self.dtype,
@@ -379,6 +417,10 @@ class Data2VecVisionForSemanticSegmentation(nn.Module):
     conv_implementation: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False  # see Data2VecVisionModel
+    remat_policy: str | None = None
+
+    layer_layout = LAYER_LAYOUT
 
     def setup_check(self) -> None:
         cfg = self.config
@@ -399,7 +441,8 @@ class Data2VecVisionForSemanticSegmentation(nn.Module):
         if labels is not None and cfg.num_labels == 1:
             raise ValueError("The number of labels should be greater than one")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        o = Data2VecVisionModel(cfg, False, self.attention_fn, name="data2vec_vision", **kw)(
+        o = Data2VecVisionModel(cfg, False, self.attention_fn, scan_layers=self.scan_layers,
+                                remat_policy=self.remat_policy, name="data2vec_vision", **kw)(
             pixel_values, output_attentions=output_attentions, output_hidden_states=True,
             interpolate_pos_encoding=interpolate_pos_encoding, deterministic=deterministic)
         batch = o.last_hidden_state.shape[0]

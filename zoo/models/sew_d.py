@@ -3,10 +3,19 @@
 Shares the conv feature encoder, weight-normed positional conv and frame-length
 arithmetic with Data2VecAudio (``zoo.nn.audio``); the encoder runs at ``1 / squeeze_factor``
 of the frame rate and is upsampled back. Heads: ForCTC, ForSequenceClassification.
+
+``scan_layers=True`` (a field of every module here) runs the DeBERTa layers as one ``nn.scan``,
+parameters stacked under ``encoder/encoder/layers/`` with a leading layer axis (checkpoints
+convert both ways, see :mod:`zoo.nn.scan`); with DeBERTa's conv branch
+(``conv_kernel_size > 0``), which follows the first layer only, layer 0 runs before the scan
+and keeps its per-layer parameters (``encoder/encoder/layer_0/``), the scan stacks layers
+1..N-1. ``remat_policy`` (``"full"``, ``"dots"``, ``"dots_with_no_batch_dims"``) recomputes
+each layer's activations in the backward pass. Outputs are the same in every combination.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -17,7 +26,7 @@ from converters.mapping import KeyTable
 from zoo import outputs as out
 from zoo.attention.disentangled import build_relative_position, disentangled_attention
 from zoo.config import ZooConfig, config_dataclass
-from zoo.nn import audio
+from zoo.nn import audio, scan
 from zoo.nn.bert import BertIntermediate, BertResidualOutput
 from zoo.nn.audio_heads import AudioHead, CTCHead, SequenceClassificationHead
 from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation, zeros_init
@@ -211,11 +220,24 @@ class ConvLayer(nn.Module):
 
 
 class SEWDTransformerEncoder(nn.Module):
-    """DeBERTa-v2 encoder: relative embeddings (+ LayerNorm), layers, optional conv branch."""
+    """DeBERTa-v2 encoder: relative embeddings (+ LayerNorm), layers, optional conv branch.
+
+    scan_layers / remat_policy: as :class:`zoo.nn.bert.BertEncoder`; the layers from
+    :meth:`first_scanned` on are scanned (layer 0 runs alone when the conv branch follows it).
+    """
 
     config: SEWDConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    layer_names = ("layer_{i}", "layers")  # per-layer, stacked
+
+    @staticmethod
+    def first_scanned(config: SEWDConfig) -> int:
+        """The first layer of the stack (1 when the conv branch follows layer 0, else 0)."""
+        return 1 if config.conv_kernel_size > 0 and config.num_hidden_layers > 0 else 0
 
     @nn.compact
     def __call__(self, x: Array, input_mask: Array, deterministic=True, output_attentions=False,
@@ -231,21 +253,36 @@ class SEWDTransformerEncoder(nn.Module):
             bucket = cfg.position_buckets
             relative_pos = build_relative_position(x.shape[1], x.shape[1], bucket, cfg.max_relative)
         mask = input_mask.astype(bool)[:, None, None, :]
-        hidden, attentions = [], []
+
+        def step(layer, x, _, mask, relative_pos, rel_embeddings):
+            y, probs = layer(x, mask, relative_pos, rel_embeddings, deterministic, output_attentions)
+            # HF records each layer's own output (before the conv branch)
+            return y, (y if output_hidden_states else None, probs)
+
+        run = functools.partial(
+            scan.run_layers, lambda name: SEWDLayer(cfg, name=name, **kw), step,
+            consts=(mask, relative_pos, rel_embeddings), remat_policy=self.remat_policy,
+            name=self.layer_names[0], stacked_name=self.layer_names[1])
+        first, ys = self.first_scanned(cfg), []
         encoder_input = x
-        if output_hidden_states:
-            hidden.append(x)
-        for i in range(cfg.num_hidden_layers):
-            y, probs = SEWDLayer(cfg, name=f"layer_{i}", **kw)(x, mask, relative_pos, rel_embeddings,
-                                                              deterministic, output_attentions)
-            if output_hidden_states:  # HF records each layer's own output (before the conv branch)
-                hidden.append(y)
-            if i == 0 and cfg.conv_kernel_size > 0:
-                y = ConvLayer(cfg, name="conv", **kw)(encoder_input, y, input_mask, deterministic)
-            x = y
-            attentions.append(probs)
-        return dict(last_hidden_state=x, hidden_states=tuple(hidden) if output_hidden_states else None,
-                    attentions=tuple(attentions) if output_attentions else None)
+        if first:
+            x, ys = run(x, num_layers=first, rng=scan.layer_rngs(self, deterministic))
+            x = ConvLayer(cfg, name="conv", **kw)(encoder_input, x, input_mask, deterministic)
+        if cfg.num_hidden_layers > first:
+            x, rest = run(x, num_layers=cfg.num_hidden_layers - first, scan_layers=self.scan_layers,
+                          rng=scan.layer_rngs(self, deterministic), first=first)
+            ys += rest
+        hidden, attentions = (tuple(y) for y in zip(*ys)) if ys else ((), ())
+        return dict(last_hidden_state=x,
+                    hidden_states=(encoder_input, *hidden) if output_hidden_states else None,
+                    attentions=attentions if output_attentions else None)
+
+
+def layer_layout(config: SEWDConfig) -> tuple[str, str, int]:
+    """Parameter paths of the DeBERTa layers, per layer and stacked (``scan_layers=True``),
+    and the first stacked layer."""
+    per_layer, stacked = (f"encoder/{name}" for name in SEWDTransformerEncoder.layer_names)
+    return per_layer, stacked, SEWDTransformerEncoder.first_scanned(config)
 
 
 class SEWDEncoder(nn.Module):
@@ -254,6 +291,8 @@ class SEWDEncoder(nn.Module):
     config: SEWDConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, frames: Array | None, deterministic=True, output_attentions=False,
@@ -271,8 +310,9 @@ class SEWDEncoder(nn.Module):
         positions = audio.WeightNormPositionalConv(cfg, stride=s, name="pos_conv_embed", **kw)(x)
         pooled = x[:, : squeezed * s].reshape(x.shape[0], squeezed, s, x.shape[2]).mean(2)
         x = pooled + positions[:, :squeezed]
-        enc = SEWDTransformerEncoder(cfg, name="encoder", **kw)(x, input_mask, deterministic, output_attentions,
-                                                                output_hidden_states)
+        enc = SEWDTransformerEncoder(cfg, scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+                                     name="encoder", **kw)(x, input_mask, deterministic, output_attentions,
+                                                           output_hidden_states)
         y = SEWDUpsampling(cfg, name="upsample", **kw)(enc["last_hidden_state"])
         if y.shape[1] < num_frames:
             y = jnp.pad(y, ((0, 0), (0, num_frames - y.shape[1]), (0, 0)))
@@ -298,12 +338,18 @@ class SEWDUpsampling(nn.Module):
 
 
 class SEWDModel(nn.Module):
-    """``[B, T]`` waveform -> ``last_hidden_state [B, F, hidden]`` at the feature frame rate."""
+    """``[B, T]`` waveform -> ``last_hidden_state [B, F, hidden]`` at the feature frame rate.
+
+    ``scan_layers`` / ``remat_policy``: see the module docstring (every head has them too)."""
 
     config: SEWDConfig
     freeze_feature_encoder: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    layer_layout = property(lambda self: layer_layout(self.config))
 
     @nn.compact
     def __call__(self, input_values, attention_mask=None, mask_time_indices=None, output_attentions=False,
@@ -344,8 +390,8 @@ class SEWDModel(nn.Module):
         elif mask_time_indices is not None:
             raise ValueError("mask_time_indices needs masked_spec_embed, which exists only when "
                              "mask_time_prob > 0 or mask_feature_prob > 0 in the config")
-        enc = SEWDEncoder(cfg, name="encoder", **kw)(x, frames, deterministic, output_attentions,
-                                                     output_hidden_states)
+        enc = SEWDEncoder(cfg, scan_layers=self.scan_layers, remat_policy=self.remat_policy, name="encoder", **kw)(
+            x, frames, deterministic, output_attentions, output_hidden_states)
         return out.BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=enc["last_hidden_state"], hidden_states=enc["hidden_states"],
             attentions=enc["attentions"])
@@ -361,11 +407,16 @@ class SEWDModel(nn.Module):
 class _Head(AudioHead):
     """The ``sew_d`` body under the shared audio heads."""
 
+    scan_layers: bool = False  # see SEWDModel
+    remat_policy: str | None = None
+
+    layer_layout = property(lambda self: layer_layout(self.config))
     dummy_inputs = staticmethod(SEWDModel.dummy_inputs)
 
     def body(self, input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
              deterministic):
-        return SEWDModel(self.config, self.freeze_feature_encoder, self.dtype, self.param_dtype, name="sew_d")(
+        return SEWDModel(self.config, self.freeze_feature_encoder, self.dtype, self.param_dtype, self.scan_layers,
+                         self.remat_policy, name="sew_d")(
             input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states, deterministic)
 
 

@@ -11,7 +11,8 @@ query/key/value projections).
 
 Kernels that draw random numbers (BigBird's block-sparse attention) declare an
 ``rng_stream`` attribute; the self-attention then passes them ``rng`` (a key of that
-stream in training, ``None`` when deterministic) and ``layer`` (the index in ``layer_N``).
+stream in training, ``None`` when deterministic) and ``layer`` (the layer index: the
+encoder's, a scanned input under ``scan_layers``, else the ``N`` of ``layer_N``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class BertSelfAttention(nn.Module):
         head_mask: Array | None = None,
         cache: tuple[Array, Array] | None = None,
         cache_index: Array | None = None,
+        layer: int | Array | None = None,
         deterministic: bool = True,
         output_attentions: bool = False,
     ):
@@ -105,7 +107,7 @@ class BertSelfAttention(nn.Module):
                                  f"attention needs an rng for its random blocks: "
                                  f"apply(..., rngs={{'dropout': key1, '{rng_stream}': key2}})")
             kernel_kwargs = dict(rng=None if deterministic else self.make_rng(rng_stream),
-                                 layer=layer_index(self.scope.path))
+                                 layer=layer_index(self.scope.path) if layer is None else layer)
         out, probs = self.attention_fn(
             query, key, value,
             mask=mask, bias=bias, head_mask=head_mask, scale=scale,
@@ -174,6 +176,7 @@ class BertLayer(nn.Module):
         head_mask: Array | None = None,
         cache: tuple[Array, Array] | None = None,
         cache_index: Array | None = None,
+        layer: int | Array | None = None,
         deterministic: bool = True,
         output_attentions: bool = False,
     ):
@@ -181,7 +184,7 @@ class BertLayer(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x, self_probs, new_cache = BertAttention(cfg, False, self.attention_fn, name="attention", **kw)(
             hidden_states, mask, query_positions=query_positions, head_mask=head_mask,
-            cache=cache, cache_index=cache_index, deterministic=deterministic,
+            cache=cache, cache_index=cache_index, layer=layer, deterministic=deterministic,
             output_attentions=output_attentions,
         )
         cross_probs = None
@@ -220,6 +223,8 @@ class BertEncoder(nn.Module):
     ``layers/`` (leading layer axis) instead of ``layer_0/`` ... (see :mod:`zoo.nn.scan`);
     outputs are the same. remat_policy: ``"full"``, ``"dots"``,
     ``"dots_with_no_batch_dims"`` or None (see :data:`zoo.nn.scan.REMAT_POLICIES`).
+    A kernel with an ``rng_stream`` (BigBird's random blocks) gets one key of that stream
+    per layer and the layer index as a scanned input, so both layouts draw the same blocks.
     """
 
     config: Any
@@ -247,25 +252,24 @@ class BertEncoder(nn.Module):
         output_hidden_states: bool = False,
     ):
         cfg = self.config
-        if self.scan_layers and getattr(self.attention_fn, "rng_stream", None) is not None:
-            raise NotImplementedError(f"scan_layers=True with {type(self.attention_fn).__name__} attention "
-                                      "(random blocks drawn per layer index) is not implemented")
+        rng_stream = getattr(self.attention_fn, "rng_stream", None)
 
         def step(layer, x, per_layer, mask, encoder_hidden_states, encoder_mask, query_positions, cache_index):
-            layer_head_mask, layer_cache = per_layer
+            layer_head_mask, layer_cache, index = per_layer
             x, probs, cross, new_cache = layer(
                 x, mask,
                 encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
                 query_positions=query_positions, head_mask=layer_head_mask,
-                cache=layer_cache, cache_index=cache_index,
+                cache=layer_cache, cache_index=cache_index, layer=index,
                 deterministic=deterministic, output_attentions=output_attentions,
             )
             return x, (x if output_hidden_states else None, probs, cross, new_cache)
 
         per_layer = [(None if head_mask is None else head_mask[i],
-                      None if cache is None else (cache.keys[i], cache.values[i]))
+                      None if cache is None else (cache.keys[i], cache.values[i]),
+                      None if rng_stream is None else i)
                      for i in range(cfg.num_hidden_layers)]
-        rng = None if deterministic or not self.has_rng("dropout") else self.make_rng("dropout")
+        rng = scan.layer_rngs(self, deterministic, ("dropout", rng_stream))
         last, ys = scan.run_layers(
             lambda name: BertLayer(cfg, self.attention_fn, dtype=self.dtype, param_dtype=self.param_dtype,
                                    name=name),

@@ -19,10 +19,13 @@ matmuls, not the attention scores).
 
 :func:`stack_layers` / :func:`unstack_layers` convert flat ``{path: array}`` dicts between
 the layouts (numpy by default, no jit; a leading model prefix such as ``data2vec_text/``
-is kept) and :func:`layout` tells which one a set of paths is in. Models that support
-scanning declare their ``layer_layout`` ``(per_layer_prefix, stacked_prefix)`` and a
-``scan_layers`` field; ``zoo.from_pretrained`` / ``save_pretrained`` / ``export_pytorch``
-convert through :func:`module_layer_layout`.
+is kept) and :func:`layout` tells which one a set of paths is in. ``first > 0`` keeps layers
+``0..first-1`` per layer in both layouts (run outside the scan, e.g. SEW-D's first layer
+when a conv branch follows it) and stacks ``first..N-1``. Models that support scanning
+declare their ``layer_layout`` ``(per_layer_prefix, stacked_prefix[, first])`` (a class
+attribute, or a property when it depends on the config) and a ``scan_layers`` field;
+``zoo.from_pretrained`` / ``save_pretrained`` / ``export_pytorch`` convert through
+:func:`module_layer_layout`.
 """
 
 from __future__ import annotations
@@ -52,14 +55,14 @@ def check_remat_policy(remat_policy: str | None) -> None:
 
 
 # ------------------------------------------------------------------ running a stack
-def _reseed(fn: Callable, stream: str = "dropout") -> Callable:
-    """``fn(module, *args)`` -> ``g(module, key, *args)`` where ``module``'s ``stream`` rng is
-    ``key`` (a raw key, no path folded in): the same key gives the same random numbers
-    whether the module is ``layer_3`` or the body of a scan."""
+def _reseed(fn: Callable) -> Callable:
+    """``fn(module, *args)`` -> ``g(module, keys, *args)`` where ``module``'s rng of each stream
+    in ``keys`` (``{stream: key}``) is that raw key (no path folded in): the same key gives
+    the same random numbers whether the module is ``layer_3`` or the body of a scan."""
 
     def transform(core_fn):
-        def inner(scope_fn, repack_fn, variable_groups, rng_groups, key, *args):
-            rng_groups = tuple(tuple({**rngs, stream: key} for rngs in group) for group in rng_groups)
+        def inner(scope_fn, repack_fn, variable_groups, rng_groups, keys, *args):
+            rng_groups = tuple(tuple({**rngs, **keys} for rngs in group) for group in rng_groups)
             scope = scope_fn(variable_groups, rng_groups)
             # fresh counters: a scan traces its body more than once with the same scope counters
             for inner_scope in scope:  # one scope per module argument
@@ -69,6 +72,19 @@ def _reseed(fn: Callable, stream: str = "dropout") -> Callable:
         return lift.pack(inner, (True,), (True,), (True,), name="reseed")
 
     return nn.transforms.lift_transform(transform, fn)
+
+
+def layer_rngs(module: nn.Module, deterministic: bool, streams: Sequence[str | None] = ("dropout",),
+               required: Sequence[str] = ()) -> dict[str, jax.Array] | None:
+    """``{stream: key}`` drawn in ``module`` (call from its compact method) for
+    :func:`run_layers`'s ``rng``: each of ``streams`` the module has (None entries skipped),
+    and each of ``required`` (flax's error names a missing one); None when ``deterministic``
+    or there is none."""
+    if deterministic:
+        return None
+    keys = {s: module.make_rng(s) for s in streams if s is not None and module.has_rng(s)}
+    keys.update({s: module.make_rng(s) for s in required})
+    return keys or None
 
 
 def run_layers(
@@ -81,19 +97,22 @@ def run_layers(
     num_layers: int,
     scan_layers: bool = False,
     remat_policy: str | None = None,
-    rng: jax.Array | None = None,
+    rng: jax.Array | Mapping[str, jax.Array] | None = None,
     name: str = "layer_{i}",
     stacked_name: str = "layers",
+    first: int = 0,
 ) -> tuple[Any, list[Any]]:
     """Run ``num_layers`` layers over ``carry``; call from a compact method.
 
-    make_layer: ``name -> layer module`` (unbound; ``name`` is ``name.format(i=i)`` per
-      layer, or ``stacked_name`` for the one scanned layer).
+    make_layer: ``name -> layer module`` (unbound; ``name`` is ``name.format(i=first + i)``
+      per layer, or ``stacked_name`` for the one scanned layer).
     step: ``(layer, carry, x, *consts) -> (carry, y)``; ``x`` is ``xs[i]`` (``xs``: one
       pytree of arrays per layer, or None; stacked for the scan); ``consts`` are the same
       for every layer; static settings (``deterministic``, ...) are closed over.
     rng: a key (the encoder's ``"dropout"`` draw) split into one ``"dropout"`` key per
-      layer; None when deterministic.
+      layer, or ``{stream: key}`` split per layer for each stream; None when deterministic.
+    first: the index of the first layer run here (layers ``0..first-1`` ran before, per
+      layer, see the module docstring).
     Returns the final carry and the per-layer ``y`` as a list of ``num_layers`` pytrees,
     equal in both layouts.
     """
@@ -101,10 +120,12 @@ def run_layers(
     layer_step = step
     if remat_policy is not None:
         layer_step = nn.remat(step, policy=REMAT_POLICIES[remat_policy], prevent_cse=not scan_layers)
-    keys = None if rng is None else jax.random.split(rng, num_layers)
-    reseeded = None if rng is None else _reseed(layer_step)
+    if rng is not None and not isinstance(rng, Mapping):
+        rng = {"dropout": rng}
+    keys = None if not rng else {stream: jax.random.split(key, num_layers) for stream, key in rng.items()}
+    reseeded = None if keys is None else _reseed(layer_step)
 
-    def body(layer, carry, key_x, *consts):  # key_x: (this layer's dropout key or None, xs[i])
+    def body(layer, carry, key_x, *consts):  # key_x: (this layer's {stream: key} or None, xs[i])
         key, x = key_x
         if reseeded is None:
             return layer_step(layer, carry, x, *consts)
@@ -119,8 +140,8 @@ def run_layers(
         return carry, [jax.tree.map(lambda a: a[i], ys) for i in range(num_layers)]
     ys = []
     for i in range(num_layers):
-        kx = (None if keys is None else keys[i], None if xs is None else xs[i])
-        carry, y = body(make_layer(name.format(i=i)), carry, kx, *consts)
+        kx = (None if keys is None else {s: k[i] for s, k in keys.items()}, None if xs is None else xs[i])
+        carry, y = body(make_layer(name.format(i=first + i)), carry, kx, *consts)
         ys.append(y)
     return carry, ys
 
@@ -137,28 +158,36 @@ def _patterns(prefix_per_layer: str, stacked_prefix: str) -> tuple[re.Pattern, r
 
 
 def layout(paths: Iterable[str], prefix_per_layer: str = "encoder/layer_{i}",
-           stacked_prefix: str = "encoder/layers") -> str | None:
-    """``"stacked"``, ``"per_layer"`` or None (no layer path at all) for flat ``paths``.
+           stacked_prefix: str = "encoder/layers", first: int = 0) -> str | None:
+    """``"stacked"``, ``"per_layer"`` or None (no layer path at all) for flat ``paths``
+    (layers below ``first`` are per layer in both layouts and not counted).
     Raises ValueError when both layouts are present."""
     per_layer, stacked = _patterns(prefix_per_layer, stacked_prefix)
     found = set()
     for path in paths:
         if stacked.match(path):
             found.add("stacked")
-        elif per_layer.match(path):
+        elif _match_layer(per_layer, path, first):
             found.add("per_layer")
     if len(found) > 1:
         raise ValueError(f"parameters hold both {prefix_per_layer!r} and {stacked_prefix!r} layers")
     return found.pop() if found else None
 
 
-def _group_layers(flat: Mapping[str, Any], pattern: re.Pattern, key: Callable[[re.Match], Any]):
-    """``flat`` in order as ``(path, value)`` for paths ``pattern`` does not match, and
-    ``(lead, {key(match): value})`` once per group of matching paths, at its first path."""
+def _match_layer(pattern: re.Pattern, path: str, first: int = 0) -> re.Match | None:
+    """``pattern``'s match of ``path``, None for a per-layer path of a layer below ``first``."""
+    m = pattern.match(path)
+    return None if m is None or ("i" in m.re.groupindex and int(m["i"]) < first) else m
+
+
+def _group_layers(flat: Mapping[str, Any], pattern: re.Pattern, key: Callable[[re.Match], Any], first: int = 0):
+    """``flat`` in order as ``(path, value)`` for paths ``pattern`` does not match (or layers
+    below ``first``), and ``(lead, {key(match): value})`` once per group of matching paths,
+    at its first path."""
     items: list[tuple[str, Any]] = []
     groups: dict[str, dict] = {}
     for path, value in flat.items():
-        m = pattern.match(path)
+        m = _match_layer(pattern, path, first)
         if m is None:
             items.append((path, value))
             continue
@@ -170,13 +199,15 @@ def _group_layers(flat: Mapping[str, Any], pattern: re.Pattern, key: Callable[[r
 
 
 def stack_layers(flat: Mapping[str, Any], prefix_per_layer: str = "encoder/layer_{i}",
-                 stacked_prefix: str = "encoder/layers", *, stack: Callable = np.stack) -> dict[str, Any]:
-    """Per-layer -> stacked: ``{lead}{prefix_per_layer}/{rest}`` for ``i = 0..N-1`` become one
-    ``{lead}{stacked_prefix}/{rest}`` of shape ``[N, ...]`` (``stack``, numpy by default);
-    other paths are kept as they are, in order. Raises ValueError when the layer indices
-    are not ``0..N-1`` or the layers do not hold the same parameters."""
+                 stacked_prefix: str = "encoder/layers", first: int = 0, *,
+                 stack: Callable = np.stack) -> dict[str, Any]:
+    """Per-layer -> stacked: ``{lead}{prefix_per_layer}/{rest}`` for ``i = first..N-1`` become
+    one ``{lead}{stacked_prefix}/{rest}`` of shape ``[N - first, ...]`` (``stack``, numpy by
+    default); other paths (layers below ``first`` included) are kept as they are, in order.
+    Raises ValueError when the layer indices are not ``first..N-1`` or the layers do not
+    hold the same parameters."""
     per_layer, _ = _patterns(prefix_per_layer, stacked_prefix)
-    items, groups = _group_layers(flat, per_layer, lambda m: (int(m["i"]), m["rest"]))
+    items, groups = _group_layers(flat, per_layer, lambda m: (int(m["i"]), m["rest"]), first)
     out: dict[str, Any] = {}
     for path, value in items:
         if path not in groups or value is not groups[path]:
@@ -186,15 +217,16 @@ def stack_layers(flat: Mapping[str, Any], prefix_per_layer: str = "encoder/layer
         layers: dict[int, dict[str, Any]] = {}
         for (i, rest), leaf in value.items():
             layers.setdefault(i, {})[rest] = leaf
-        if sorted(layers) != list(range(len(layers))):
-            raise ValueError(f"{where}: layer indices {sorted(layers)} are not 0..{len(layers) - 1}")
-        names = list(layers[0])
+        indices = list(range(first, first + len(layers)))
+        if sorted(layers) != indices:
+            raise ValueError(f"{where}: layer indices {sorted(layers)} are not {first}..{indices[-1]}")
+        names = list(layers[first])
         for i, params in layers.items():
             if set(params) != set(names):
                 diff = sorted(set(params) ^ set(names))
-                raise ValueError(f"{where.format(i=i)} does not hold the parameters of layer 0: {diff[:4]}")
+                raise ValueError(f"{where.format(i=i)} does not hold the parameters of layer {first}: {diff[:4]}")
         for rest in names:
-            values = [layers[i][rest] for i in range(len(layers))]
+            values = [layers[i][rest] for i in indices]
             shapes = {tuple(np.shape(v)) for v in values}
             if len(shapes) > 1:
                 raise ValueError(f"{where}/{rest}: the layers have different shapes {sorted(shapes)}")
@@ -203,9 +235,9 @@ def stack_layers(flat: Mapping[str, Any], prefix_per_layer: str = "encoder/layer
 
 
 def unstack_layers(flat: Mapping[str, Any], prefix_per_layer: str = "encoder/layer_{i}",
-                   stacked_prefix: str = "encoder/layers") -> dict[str, Any]:
-    """Stacked -> per-layer, the inverse of :func:`stack_layers` (``value[i]``: views for
-    numpy arrays, bit-exact); the per-layer paths are ordered by layer."""
+                   stacked_prefix: str = "encoder/layers", first: int = 0) -> dict[str, Any]:
+    """Stacked -> per-layer, the inverse of :func:`stack_layers` (``value[i]`` becomes layer
+    ``first + i``; views for numpy arrays, bit-exact); the per-layer paths are ordered by layer."""
     _, stacked = _patterns(prefix_per_layer, stacked_prefix)
     items, groups = _group_layers(flat, stacked, lambda m: m["rest"])
     out: dict[str, Any] = {}
@@ -217,27 +249,28 @@ def unstack_layers(flat: Mapping[str, Any], prefix_per_layer: str = "encoder/lay
         if len(lengths) != 1 or None in lengths:
             raise ValueError(f"{path}{stacked_prefix}: leaves have no common leading layer axis ({lengths})")
         for i in range(lengths.pop()):
-            prefix = path + prefix_per_layer.format(i=i)
+            prefix = path + prefix_per_layer.format(i=first + i)
             out.update({f"{prefix}/{rest}": leaf[i] for rest, leaf in value.items()})
     return out
 
 
 def to_layout(flat: Mapping[str, Any], target: str, prefix_per_layer: str, stacked_prefix: str,
-              **kwargs) -> dict[str, Any]:
+              first: int = 0, **kwargs) -> dict[str, Any]:
     """``flat`` in the ``target`` layout (``"stacked"`` or ``"per_layer"``), converted if needed."""
-    current = layout(flat, prefix_per_layer, stacked_prefix)
+    current = layout(flat, prefix_per_layer, stacked_prefix, first)
     if current is None or current == target:
         return dict(flat)
     if target == "stacked":
-        return stack_layers(flat, prefix_per_layer, stacked_prefix, **kwargs)
-    return unstack_layers(flat, prefix_per_layer, stacked_prefix)
+        return stack_layers(flat, prefix_per_layer, stacked_prefix, first, **kwargs)
+    return unstack_layers(flat, prefix_per_layer, stacked_prefix, first)
 
 
-def module_layer_layout(module: nn.Module) -> tuple[str, str, str] | None:
-    """``(layout, prefix_per_layer, stacked_prefix)`` of a model that can scan its layers
-    (``layout``: the one its parameters are in), None for other models."""
-    prefixes = getattr(type(module), "layer_layout", None)
+def module_layer_layout(module: nn.Module) -> tuple[str, str, str, int] | None:
+    """``(layout, prefix_per_layer, stacked_prefix, first)`` of a model that can scan its
+    layers (``layout``: the one its parameters are in), None for other models."""
+    prefixes = getattr(module, "layer_layout", None)
     if prefixes is None:
         return None
-    return ("stacked" if module.scan_layers else "per_layer", *prefixes)
+    prefix_per_layer, stacked_prefix, *first = prefixes
+    return ("stacked" if module.scan_layers else "per_layer", prefix_per_layer, stacked_prefix, *(first or [0]))
 

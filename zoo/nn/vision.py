@@ -125,13 +125,15 @@ def drop_path_rates(drop_path_rate: float, num_layers: int) -> list[float]:
 
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch of a sample with probability
-    ``rate`` in training (rng stream ``"drop_path"``), scaling kept ones by ``1/(1-rate)``."""
+    ``rate`` in training (rng stream ``"drop_path"``), scaling kept ones by ``1/(1-rate)``.
+    ``rate`` is a number or a traced scalar (a per-layer rate scanned over with the layers;
+    a rate of 0 then keeps every sample, as the number 0 does without drawing)."""
 
-    rate: float
+    rate: float | Array
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
-        if deterministic or self.rate == 0.0:
+        if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
             return x
         keep_prob = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
