@@ -52,10 +52,22 @@ def assert_outputs_match(zoo_out, hf_out, atol: float = ATOL, skip=("past_key_va
             diffs[name] = max((max_diff(g, r) for g, r in zip(got, ref)), default=0.0)
         else:
             diffs[name] = max_diff(got, ref)
-    bad = {k: v for k, v in diffs.items() if not v <= atol}
+    # 1e-5 is the contract; a field whose values reach past 128 (a sum-reduced loss of 282)
+    # has a float32 spacing above 1e-5 there, so one unit in the last place is the floor.
+    bad = {k: v for k, v in diffs.items() if not v <= max(atol, _fp32_spacing(hf_out[k]))}
     assert not bad, f"fields differ beyond {atol}: {bad} (all: {diffs})"
     assert diffs, "nothing was compared"
     return diffs
+
+
+def _fp32_spacing(ref) -> float:
+    """The float32 spacing at the largest finite magnitude of ``ref`` (a tensor or a tuple of them)."""
+    top = 0.0
+    for part in ref if isinstance(ref, (tuple, list)) else (ref,):
+        a = part.detach().cpu().double().numpy() if isinstance(part, torch.Tensor) else np.asarray(part, np.float64)
+        a = np.abs(a[np.isfinite(a)])
+        top = max(top, float(a.max()) if a.size else 0.0)
+    return float(np.spacing(np.float32(top)))
 
 
 def torch_inputs(inputs: dict) -> dict:

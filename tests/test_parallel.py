@@ -35,7 +35,8 @@ class On8Devices:
     it runs while this process goes on; it must print one line ``RESULT <json>``."""
 
     def __init__(self, code: str, workdir):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
                    PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
         self._out, self._err = open(workdir / "stdout", "w+"), open(workdir / "stderr", "w+")
         self._proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO,

@@ -59,7 +59,8 @@ def text_batch(rows: int, seed: int = 0) -> dict:
 SCRIPT = """
 import json, os, time
 # compile faster (the programs are tiny; LLVM's optimisations cost more than they save here)
-os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 import jax, numpy as np
 start = time.time()
 jax.config.update("jax_default_matmul_precision", "highest")
