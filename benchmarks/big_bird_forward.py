@@ -395,22 +395,13 @@ def run_main(args) -> dict:
 
     # --- timing (round-robin), re-timed while the machine is busy
     syncs = {n: (None if n.startswith("hf_") else harness.block) for n in calls}
-    best = None
-    for attempt in range(1, args.attempts + 1):
-        quiet = harness.wait_for_quiet(timeout_s=args.quiet_wait) if args.quiet_wait > 0 else None
-        with harness.LoadMonitor() as monitor:
-            timings = harness.time_interleaved(
-                calls, repeats=args.repeats, warmup=args.warmup, syncs=syncs,
-                timing_kwargs={n: {"lower_s": c["lower_s"], "compile_s": c["compile_s"],
-                                   "extra": {"first_call_s": c["first_call_s"]}} for n, c in compile_info.items()})
-        load = dict(monitor.result, quiet_wait=quiet, attempt=attempt)
-        print(f"attempt {attempt}: " + harness.load_note(load) + "; medians " +
-              ", ".join(f"{t.name} {t.median_ms:.0f} ms" for t in timings), flush=True)
-        if best is None or load.get("foreign_cpu_fraction", 0.0) < best[1].get("foreign_cpu_fraction", 0.0):
-            best = (timings, load)
-        if load.get("foreign_cpu_fraction", 0.0) <= args.max_load:
-            break
-    timings, load = best
+    timings, load = harness.quietest_attempt(
+        lambda: harness.time_interleaved(
+            calls, repeats=args.repeats, warmup=args.warmup, syncs=syncs,
+            timing_kwargs={n: {"lower_s": c["lower_s"], "compile_s": c["compile_s"],
+                               "extra": {"first_call_s": c["first_call_s"]}} for n, c in compile_info.items()}),
+        attempts=args.attempts, max_load=args.max_load, quiet_wait=args.quiet_wait,
+        describe=lambda timings: "medians " + ", ".join(f"{t.name} {t.median_ms:.0f} ms" for t in timings))
     for name, attention_type in (("hf_block_sparse", "block_sparse"), ("hf_original_full", "original_full")):
         if name in calls and hf[attention_type].attention_type != attention_type:
             raise RuntimeError(f"{name} switched itself to attention_type={hf[attention_type].attention_type}")

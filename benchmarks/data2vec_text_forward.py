@@ -414,19 +414,8 @@ def main(argv=None) -> dict:
 
     # On a shared machine: time again (up to --attempts) while other processes used more than
     # --max-load of the cores during the timing; keep the quietest attempt.
-    best = None
-    for attempt in range(1, args.attempts + 1):
-        quiet = harness.wait_for_quiet(timeout_s=args.quiet_wait) if args.quiet_wait > 0 else None
-        with harness.LoadMonitor() as monitor:
-            attempt_timings = run_timing()
-        attempt_load = dict(monitor.result, quiet_wait=quiet, attempt=attempt)
-        print(f"attempt {attempt}: " + harness.load_note(attempt_load), flush=True)
-        foreign = attempt_load.get("foreign_cpu_fraction", 0.0)
-        if best is None or foreign < best[1].get("foreign_cpu_fraction", 0.0):
-            best = (attempt_timings, attempt_load)
-        if foreign <= args.max_load:
-            break
-    timings, load = best
+    timings, load = harness.quietest_attempt(run_timing, attempts=args.attempts, max_load=args.max_load,
+                                             quiet_wait=args.quiet_wait)
     for t in timings:
         print(f"{t.name}: median {t.median_ms:.1f} ms (min {t.min_ms:.1f}, IQR {t.iqr_ms:.1f})", flush=True)
 

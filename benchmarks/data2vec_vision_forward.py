@@ -176,19 +176,10 @@ def timed(calls: dict, args, repeats: int, warmup: int, extra: dict | None = Non
     ``--attempts`` times while other processes use more than ``--max-load`` of the
     cores; returns (timings of the quietest attempt, its load record)."""
     syncs = {n: (None if n.startswith("hf") else harness.block) for n in calls}
-    best = None
-    for attempt in range(1, args.attempts + 1):
-        quiet = harness.wait_for_quiet(timeout_s=args.quiet_wait) if args.quiet_wait > 0 else None
-        with harness.LoadMonitor() as monitor:
-            ts = harness.time_interleaved(calls, repeats=repeats, warmup=warmup, syncs=syncs,
-                                          timing_kwargs=extra or {})
-        load = dict(monitor.result, quiet_wait=quiet, attempt=attempt)
-        print(f"  attempt {attempt}: " + harness.load_note(load), flush=True)
-        foreign = load.get("foreign_cpu_fraction", 0.0)
-        if best is None or foreign < best[1].get("foreign_cpu_fraction", 0.0):
-            best = (ts, load)
-        if foreign <= args.max_load:
-            break
+    best = harness.quietest_attempt(
+        lambda: harness.time_interleaved(calls, repeats=repeats, warmup=warmup, syncs=syncs,
+                                         timing_kwargs=extra or {}),
+        attempts=args.attempts, max_load=args.max_load, quiet_wait=args.quiet_wait)
     for t in best[0]:
         print(f"  {t.name}: median {t.median_ms:.1f} ms (min {t.min_ms:.1f}, IQR {t.iqr_ms:.1f}, "
               f"{t.repeats} runs)", flush=True)

@@ -307,6 +307,27 @@ def wait_for_quiet(threshold: float = 0.10, window_s: float = 3.0, timeout_s: fl
                   f"({waited:.0f} s of at most {timeout_s:.0f} s)", flush=True)
 
 
+def quietest_attempt(run: Callable[[], Any], *, attempts: int, max_load: float, quiet_wait: float = 0.0,
+                     describe: Callable[[Any], str] | None = None) -> tuple[Any, dict]:
+    """On a shared machine: ``run()`` (a timing) up to ``attempts`` times, each after waiting
+    up to ``quiet_wait`` s for a quiet machine, until other processes used at most
+    ``max_load`` of the cores during it; returns ``(result, load record)`` of the quietest
+    attempt. Each attempt prints one line (its load, then ``describe(result)`` if given)."""
+    best = None
+    for attempt in range(1, attempts + 1):
+        quiet = wait_for_quiet(timeout_s=quiet_wait) if quiet_wait > 0 else None
+        with LoadMonitor() as monitor:
+            result = run()
+        load = dict(monitor.result, quiet_wait=quiet, attempt=attempt)
+        print(f"  attempt {attempt}: " + load_note(load) + (f"; {describe(result)}" if describe else ""), flush=True)
+        foreign = load.get("foreign_cpu_fraction", 0.0)
+        if best is None or foreign < best[1].get("foreign_cpu_fraction", 0.0):
+            best = (result, load)
+        if foreign <= max_load:
+            break
+    return best
+
+
 def load_note(load: dict | None, label: str = "load during timing") -> str:
     """One markdown line about machine load during the timing (empty when unknown)."""
     if not load or "foreign_cpu_fraction" not in load:

@@ -542,19 +542,10 @@ def run_task(task: str, args) -> dict:
 def timed(calls, syncs, extra, args):
     """Interleaved timing, re-timed up to ``--attempts`` times while other processes use more than
     ``--max-load`` of the cores; (timings of the quietest attempt, its load record)."""
-    best = None
-    for attempt in range(1, args.attempts + 1):
-        quiet = harness.wait_for_quiet(timeout_s=args.quiet_wait) if args.quiet_wait > 0 else None
-        with harness.LoadMonitor() as monitor:
-            ts = harness.time_interleaved(calls, repeats=args.repeats, warmup=args.warmup, syncs=syncs,
-                                          timing_kwargs=extra)
-        load = dict(monitor.result, quiet_wait=quiet, attempt=attempt)
-        print(f"  attempt {attempt}: " + harness.load_note(load), flush=True)
-        foreign = load.get("foreign_cpu_fraction", 0.0)
-        if best is None or foreign < best[1].get("foreign_cpu_fraction", 0.0):
-            best = (ts, load)
-        if foreign <= args.max_load:
-            break
+    best = harness.quietest_attempt(
+        lambda: harness.time_interleaved(calls, repeats=args.repeats, warmup=args.warmup, syncs=syncs,
+                                         timing_kwargs=extra),
+        attempts=args.attempts, max_load=args.max_load, quiet_wait=args.quiet_wait)
     for t in best[0]:
         print(f"  {t.name}: median {t.median_ms:.1f} ms/step (min {t.min_ms:.1f}, IQR {t.iqr_ms:.1f}, "
               f"{t.repeats} steps)", flush=True)

@@ -32,9 +32,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from zoo.parallel import BATCH_AXES
+from zoo.parallel import batch_axes, batch_sharding
 
 ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 
@@ -114,19 +114,15 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def _batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape)))
-
-
 def process_rows(mesh: Mesh, global_rows: int) -> slice:
     """The rows of a ``[global_rows, ...]`` batch split over ``("data", "fsdp")`` of ``mesh``
     that this process's devices hold: the rows it must read. Raises ValueError when they are
     not one contiguous range (a mesh whose batch axes interleave the hosts' devices)."""
-    sharding = _batch_sharding(mesh)
-    n = math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
+    sharding = batch_sharding(mesh)
+    n = math.prod(mesh.shape[a] for a in batch_axes(mesh))
     if global_rows % n:
         raise ValueError(f"a batch of {global_rows} rows does not split over the {n} devices of the mesh's "
-                         f"batch axes ({', '.join(f'{a}={mesh.shape[a]}' for a in BATCH_AXES if a in mesh.shape)})")
+                         f"batch axes ({', '.join(f'{a}={mesh.shape[a]}' for a in batch_axes(mesh))})")
     spans = sorted({idx[0].indices(global_rows)[:2]
                     for idx in sharding.addressable_devices_indices_map((global_rows,)).values()})
     start, stop = spans[0][0], spans[-1][1]
@@ -141,7 +137,7 @@ def global_batch(local: Any, mesh: Mesh, global_rows: int) -> Any:
     """The global batch (every array ``[global_rows, ...]``, split over the mesh's batch axes)
     from this process's rows ``local`` (``[rows of process_rows(mesh, global_rows), ...]``).
     With one process, ``local`` is the whole batch."""
-    sharding = _batch_sharding(mesh)
+    sharding = batch_sharding(mesh)
     rows = process_rows(mesh, global_rows)
 
     def put(x):

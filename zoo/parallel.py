@@ -219,9 +219,19 @@ def shard_params(params: Mapping, module: nn.Module, mesh: Mesh, rules=LOGICAL_A
     return jax.device_put(params, shardings)
 
 
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes a batch dimension is split over: those of ``("data", "fsdp")`` ``mesh`` has."""
+    return tuple(a for a in BATCH_AXES if a in mesh.shape)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The sharding of a ``[batch, ...]`` array: rows over :func:`batch_axes`, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(batch_axes(mesh)))
+
+
 def activation_rules(mesh: Mesh) -> tuple[tuple[str, Any], ...]:
     """Flax logical-axis rules for activations on ``mesh``: ``batch`` over ``("data", "fsdp")``."""
-    return (("batch", tuple(a for a in BATCH_AXES if a in mesh.shape)),)
+    return (("batch", batch_axes(mesh)),)
 
 
 @contextlib.contextmanager
@@ -244,7 +254,7 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     dimension split over ``("data", "fsdp")``: ``[B, ...]`` -> ``[B / (data * fsdp), ...]``
     per device, replicated over ``tensor``. Scalars are replicated. Raises ValueError when
     a batch dimension is not divisible by ``data * fsdp``."""
-    axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
+    axes = batch_axes(mesh)
     n = math.prod(mesh.shape[a] for a in axes)
 
     def put(x):
@@ -324,7 +334,7 @@ def _sharded_array(ckpt: Checkpoint, src: TensorSource, shape: tuple[int, ...], 
 
 
 __all__ = [
-    "BATCH_AXES", "LOGICAL_AXIS_RULES", "MESH_AXES", "activation_rules", "activation_sharding", "load_onto_mesh", "load_sharded", "logical_to_spec",
+    "BATCH_AXES", "LOGICAL_AXIS_RULES", "MESH_AXES", "activation_rules", "activation_sharding", "batch_axes", "batch_sharding", "load_onto_mesh", "load_sharded", "logical_to_spec",
     "make_mesh", "param_shardings", "shard_batch", "shard_params",
 ]
 

@@ -68,7 +68,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from zoo.parallel import BATCH_AXES, LOGICAL_AXIS_RULES, _param_shardings, activation_sharding
+from zoo.parallel import LOGICAL_AXIS_RULES, _param_shardings, activation_sharding, batch_sharding
 from zoo.pretrained import abstract_variables, as_dtype, as_variables
 
 
@@ -543,7 +543,7 @@ def make_train_step(module: nn.Module, recipe: Recipe, loss_fn: Callable, *, mes
     shardings = {}
     if mesh is not None:
         state_sh = state_shardings(module, recipe, mesh, rules)
-        batch_sh = NamedSharding(mesh, PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.shape)))
+        batch_sh = batch_sharding(mesh)
         micro_sh = NamedSharding(mesh, PartitionSpec(None, *batch_sh.spec))
         constrain = {"micro": lambda tree: jax.lax.with_sharding_constraint(tree, micro_sh),
                      "grads": lambda tree: jax.lax.with_sharding_constraint(tree, state_sh.params)}
