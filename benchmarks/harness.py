@@ -1,31 +1,22 @@
-"""A small, reusable timing harness for zoo-vs-HF-PyTorch benchmarks.
+"""The one harness of every zoo-vs-HF-PyTorch benchmark: timing, machine load, machine
+description, peak memory of a subprocess, the HF -> zoo conversion and the results files.
 
-Every benchmark of every family uses the same pieces:
+- :func:`time_interleaved` times several zero-argument callables round-robin (the first one
+  rotates each round), so every implementation sees the same machine conditions; each call
+  is synchronised inside the timed region (``jax.block_until_ready``; ``torch.cuda.synchronize``
+  on a GPU). Reported per implementation: median, min, mean, q1/q3, IQR (ms) and every run.
+- :func:`jax_compile` times ``jax.jit(f).lower(...)`` and ``.compile()`` apart; the compiled
+  executable is what is timed, so compilation never enters the run times.
+- :func:`quietest_attempt` + :class:`LoadMonitor`: on a shared machine, time again while other
+  processes use more than ``max_load`` of the cores and keep the quietest attempt; every
+  result records that load (``quiet``: at most ``max_load``).
+- :func:`convert` gives the zoo model of an HF PyTorch model through the public
+  ``zoo.from_state_dict`` (the same weights on both sides).
+- :func:`peak_rss` runs a command and returns its peak resident set size (``os.wait4``).
+- :func:`finish_report` adds the machine description and writes ``results/<name>.json`` (+ a
+  short ``.md``); ``speedup = this_median / zoo_median``, so > 1 means the zoo is faster.
 
-- :func:`setup_threads` gives both frameworks the same number of threads
-  (``torch.set_num_threads(os.cpu_count())``; XLA is left at its default, which uses
-  every core) and records what was set.
-- :func:`select_device` picks ``cpu`` or ``gpu`` (gpu only when JAX's default backend is
-  a GPU *and* ``torch.cuda.is_available()``).
-- :func:`jax_compile` lowers and compiles a jitted function ahead of time and times the
-  two steps; the compiled executable is what :func:`time_callable` then times, so
-  compilation never leaks into the measured runs.
-- :func:`time_callable` times a zero-argument callable: warm-up runs excluded, ``repeats``
-  timed runs with ``time.perf_counter``, each run synchronised (``jax.block_until_ready``
-  on the outputs, ``torch.cuda.synchronize()`` on GPU) and reported as median, min, mean
-  and the inter-quartile range (IQR, q3 - q1), all in milliseconds.
-- :func:`time_interleaved` does the same for several callables round-robin, so each
-  sees the same machine conditions (preferred on shared/noisy machines).
-- :func:`torch_callable` wraps a PyTorch call in ``torch.inference_mode()``.
-- :class:`LoadMonitor` / :func:`wait_for_quiet` measure (and wait out) CPU use by other
-  processes, so a run on a shared machine says whether its numbers are trustworthy.
-- :func:`machine_info` records platform, CPU model, core count and library versions.
-- :func:`write_results` writes ``benchmarks/results/<name>.json`` and ``<name>.md``;
-  :func:`comparison_table` renders timings as markdown with
-  ``speedup = other_median / zoo_median`` (> 1 means the zoo is faster).
-
-Nothing here imports torch or jax at module import time except where a function needs
-it, so the harness can also drive subprocess benchmarks (see ``convert_memory``).
+Nothing here imports torch or jax at import time (subprocess benchmarks use it too).
 """
 
 from __future__ import annotations
@@ -40,12 +31,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------- timing
@@ -63,101 +55,63 @@ class Timing:
     repeats: int
     warmup: int
     times_ms: list[float]
-    compile_s: float | None = None  # jax: lower + compile, measured apart from the runs
-    lower_s: float | None = None
+    compile_s: float | None = None  # jax: XLA compile, measured apart from the runs
+    lower_s: float | None = None  # jax: trace + lower
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+
+def _quantile(s: list[float], q: float) -> float:
+    pos = (len(s) - 1) * q
+    lo, hi = int(pos), min(int(pos) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def _quantile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile (numpy's default method) of sorted values."""
-    if not sorted_values:
-        raise ValueError("no values")
-    pos = (len(sorted_values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def summarize(name: str, times_s: Sequence[float], warmup: int, **kwargs) -> Timing:
+def summarize(name: str, times_s: list[float], warmup: int, **kwargs) -> Timing:
     ms = [t * 1e3 for t in times_s]
     s = sorted(ms)
     q1, q3 = _quantile(s, 0.25), _quantile(s, 0.75)
-    return Timing(
-        name=name, median_ms=statistics.median(s), min_ms=s[0], mean_ms=statistics.fmean(s),
-        q1_ms=q1, q3_ms=q3, iqr_ms=q3 - q1, repeats=len(s), warmup=warmup, times_ms=ms, **kwargs,
-    )
+    return Timing(name, statistics.median(s), s[0], statistics.fmean(s), q1, q3, q3 - q1, len(s), warmup, ms,
+                  **kwargs)
 
 
 def block(x: Any) -> Any:
-    """Wait for every jax array in ``x`` (no-op on anything else)."""
-    try:
-        import jax
-    except ImportError:  # pragma: no cover - jax is a hard dependency of the zoo
-        return x
+    """Wait for every jax array in ``x``."""
+    import jax
+
     return jax.block_until_ready(x)
 
 
-def time_callable(
-    fn: Callable[[], Any],
-    *,
-    name: str,
-    repeats: int = 20,
-    warmup: int = 3,
-    sync: Callable[[Any], Any] | None = block,
-    **timing_kwargs,
-) -> Timing:
-    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones.
+def torch_sync(device: str) -> Callable[[Any], Any] | None:
+    """The sync of a torch call on ``device`` (None on the CPU: torch is synchronous there)."""
+    if device != "gpu":
+        return None
+    import torch
 
-    ``sync(out)`` runs inside the timed region after every call so asynchronous work
-    (jax dispatch, CUDA kernels) is counted: :func:`block` for jax, :func:`torch_sync`
-    for torch on GPU, ``None`` for synchronous code.
-    """
+    return lambda out: (torch.cuda.synchronize(), out)[1]
+
+
+def torch_callable(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run under ``torch.inference_mode()``."""
+    import torch
+
+    def call():
+        with torch.inference_mode():
+            return fn()
+
+    return call
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], *, repeats: int, warmup: int,
+                     syncs: dict[str, Callable | None] | None = None,
+                     timing_kwargs: dict[str, dict] | None = None) -> list[Timing]:
+    """``warmup`` untimed rounds, then ``repeats`` rounds in which every callable runs once,
+    round-robin (the starting one rotates); ``syncs[name]`` defaults to :func:`block`."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    out = None
-    for _ in range(warmup):
-        out = fn()
-        if sync is not None:
-            sync(out)
-    del out
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        if sync is not None:
-            sync(out)
-        times.append(time.perf_counter() - t0)
-        del out
-    return summarize(name, times, warmup, **timing_kwargs)
-
-
-def time_interleaved(
-    calls: dict[str, Callable[[], Any]],
-    *,
-    repeats: int = 20,
-    warmup: int = 3,
-    syncs: dict[str, Callable[[Any], Any] | None] | None = None,
-    timing_kwargs: dict[str, dict] | None = None,
-) -> list[Timing]:
-    """Time several callables round-robin: ``warmup`` untimed rounds, then ``repeats``
-    rounds in which every callable runs once (the starting one rotates each round).
-
-    On a shared or thermally drifting machine this exposes every implementation to the
-    same conditions, which timing them one block after the other does not.
-    ``syncs[name]`` defaults to :func:`block`.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    names = list(calls)
-    syncs = syncs or {}
-    timing_kwargs = timing_kwargs or {}
+    names, syncs, timing_kwargs = list(calls), syncs or {}, timing_kwargs or {}
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for n in order:
+        for n in names[r % len(names):] + names[: r % len(names)]:
             sync = syncs.get(n, block)
             t0 = time.perf_counter()
             out = calls[n]()
@@ -170,157 +124,93 @@ def time_interleaved(
     return [summarize(n, times[n], warmup, **timing_kwargs.get(n, {})) for n in names]
 
 
-def jax_compile(fn: Callable, *args, static_argnames=(), **kwargs):
-    """``(compiled, lower_s, compile_s)``: ``jax.jit(fn).lower(*args, **kwargs).compile()``.
-
-    Tracing + lowering and XLA compilation are timed separately; call ``compiled`` with
-    the same (dynamic) arguments.
-    """
+def jax_compile(fn: Callable, *args, **kwargs):
+    """``(compiled, lower_s, compile_s)`` of ``jax.jit(fn)`` for these arguments."""
     import jax
 
-    jitted = jax.jit(fn, static_argnames=static_argnames)
     t0 = time.perf_counter()
-    lowered = jitted.lower(*args, **kwargs)
+    lowered = jax.jit(fn).lower(*args, **kwargs)
     t1 = time.perf_counter()
     compiled = lowered.compile()
-    t2 = time.perf_counter()
-    return compiled, t1 - t0, t2 - t1
+    return compiled, t1 - t0, time.perf_counter() - t1
 
 
-def torch_sync(device: str) -> Callable[[Any], Any] | None:
-    """The ``sync`` for :func:`time_callable` of a torch call on ``device``."""
-    if device != "gpu":
-        return None
-    import torch
-
-    def _sync(out):
-        torch.cuda.synchronize()
-        return out
-
-    return _sync
-
-
-def torch_callable(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """``fn`` run under ``torch.inference_mode()``."""
-    import torch
-
-    def _call():
-        with torch.inference_mode():
-            return fn()
-
-    return _call
+def ratios(timings: list[Timing], reference: str = "zoo") -> dict[str, float]:
+    """``{"<name> / <reference>": median ratio}``: > 1 means the reference is faster."""
+    by = {t.name: t for t in timings}
+    return {f"{n} / {reference}": t.median_ms / by[reference].median_ms for n, t in by.items() if n != reference}
 
 
 # ------------------------------------------------------------ machine load
-def _proc_stat_seconds() -> tuple[float, float, float] | None:
-    """(busy, steal, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+def _proc_stat() -> tuple[float, float] | None:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
     try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]] + [0] * 8
+    except (OSError, ValueError):
         return None
-    if fields[0] != "cpu":
-        return None
-    v = [int(x) for x in fields[1:]]
-    v += [0] * (8 - len(v))
-    user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    busy = user + nice + system + irq + softirq
-    return busy / hz, steal / hz, (busy + idle + iowait + steal) / hz
+    hz = os.sysconf("SC_CLK_TCK")
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / hz, v[7] / hz
 
 
-def _own_cpu_seconds() -> float:
-    """CPU seconds of this process (all threads) and of its waited-for children."""
+def _own_cpu() -> float:
     import resource
 
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + c.ru_utime + c.ru_stime
 
 
-class LoadMonitor:
-    """Measures how busy the machine was with *other* work during a ``with`` block.
-
-    ``result`` after the block: ``foreign_cpu_fraction`` (CPU used by other processes,
-    as a fraction of all cores over the block's wall time), ``steal_fraction`` (time
-    the hypervisor gave the cores to other guests) and the load average. Timings taken
-    while either is more than a few percent are not comparable with quiet-machine runs.
-    """
-
-    def __init__(self):
-        self.result: dict[str, Any] = {}
-
-    def __enter__(self):
-        self._t0 = time.perf_counter()
-        self._own0 = _own_cpu_seconds()
-        self._stat0 = _proc_stat_seconds()
-        return self
-
-    def __exit__(self, *exc):
-        wall = time.perf_counter() - self._t0
-        own = _own_cpu_seconds() - self._own0
-        stat1 = _proc_stat_seconds()
-        ncpu = os.cpu_count() or 1
-        self.result = {"wall_s": wall, "own_cpu_s": own, "loadavg": _loadavg()}
-        if self._stat0 and stat1 and wall > 0:
-            busy = stat1[0] - self._stat0[0]
-            steal = stat1[1] - self._stat0[1]
-            self.result["foreign_cpu_fraction"] = max(0.0, (busy - own) / (wall * ncpu))
-            self.result["steal_fraction"] = max(0.0, steal / (wall * ncpu))
-        return False
-
-
-def _loadavg() -> list[float] | None:
+def loadavg() -> list[float] | None:
     try:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     except (OSError, ValueError):
         return None
 
 
-def foreign_load(window_s: float = 2.0) -> float | None:
-    """Fraction of all cores used by other processes over the next ``window_s`` seconds."""
-    with LoadMonitor() as m:
-        time.sleep(window_s)
-    return m.result.get("foreign_cpu_fraction")
+class LoadMonitor:
+    """``result`` after the ``with`` block: ``foreign_cpu_fraction`` (CPU used by *other*
+    processes, as a share of all cores over the block's wall time), ``steal_fraction``
+    (hypervisor steal), ``loadavg`` and ``wall_s``."""
+
+    def __enter__(self):
+        self.result: dict[str, Any] = {}
+        self._t0, self._own0, self._stat0 = time.perf_counter(), _own_cpu(), _proc_stat()
+        return self
+
+    def __exit__(self, *exc):
+        wall, own, stat1 = time.perf_counter() - self._t0, _own_cpu() - self._own0, _proc_stat()
+        ncpu = os.cpu_count() or 1
+        self.result = {"wall_s": wall, "loadavg": loadavg()}
+        if self._stat0 and stat1 and wall > 0:
+            self.result["foreign_cpu_fraction"] = max(0.0, (stat1[0] - self._stat0[0] - own) / (wall * ncpu))
+            self.result["steal_fraction"] = max(0.0, (stat1[1] - self._stat0[1]) / (wall * ncpu))
+        return False
 
 
-def wait_for_quiet(threshold: float = 0.10, window_s: float = 3.0, timeout_s: float = 600.0,
-                   verbose: bool = True) -> dict:
-    """Wait (up to ``timeout_s``) until other processes use < ``threshold`` of the cores.
-
-    Returns ``{"waited_s", "foreign_cpu_fraction", "quiet"}``; ``quiet`` is False when
-    the timeout ran out (the benchmark then goes on and its load record says so).
-    """
+def wait_for_quiet(threshold: float = 0.10, window_s: float = 3.0, timeout_s: float = 600.0) -> dict:
+    """Wait (up to ``timeout_s``) until other processes use < ``threshold`` of the cores."""
     t0 = time.perf_counter()
-    last_print = -1e9
     while True:
-        load = foreign_load(window_s)
-        waited = time.perf_counter() - t0
-        if load is None or load < threshold:
-            return {"waited_s": waited, "foreign_cpu_fraction": load, "quiet": True}
-        if waited >= timeout_s:
-            if verbose:
-                print(f"machine still busy ({load:.0%} of the cores used by others) after {waited:.0f} s; "
-                      "going on, results will be noisy", flush=True)
-            return {"waited_s": waited, "foreign_cpu_fraction": load, "quiet": False}
-        if verbose and waited - last_print >= 30:
-            last_print = waited
-            print(f"waiting for a quiet machine: others use {load:.0%} of the cores "
-                  f"({waited:.0f} s of at most {timeout_s:.0f} s)", flush=True)
+        with LoadMonitor() as m:
+            time.sleep(window_s)
+        load, waited = m.result.get("foreign_cpu_fraction"), time.perf_counter() - t0
+        if load is None or load < threshold or waited >= timeout_s:
+            return {"waited_s": waited, "foreign_cpu_fraction": load, "quiet": load is None or load < threshold}
 
 
 def quietest_attempt(run: Callable[[], Any], *, attempts: int, max_load: float, quiet_wait: float = 0.0,
                      describe: Callable[[Any], str] | None = None) -> tuple[Any, dict]:
-    """On a shared machine: ``run()`` (a timing) up to ``attempts`` times, each after waiting
-    up to ``quiet_wait`` s for a quiet machine, until other processes used at most
-    ``max_load`` of the cores during it; returns ``(result, load record)`` of the quietest
-    attempt. Each attempt prints one line (its load, then ``describe(result)`` if given)."""
+    """``run()`` up to ``attempts`` times (each after waiting up to ``quiet_wait`` s for a quiet
+    machine) until other processes used at most ``max_load`` of the cores during it;
+    ``(result, load record)`` of the quietest attempt, the record saying ``quiet`` or not."""
     best = None
     for attempt in range(1, attempts + 1):
-        quiet = wait_for_quiet(timeout_s=quiet_wait) if quiet_wait > 0 else None
+        waited = wait_for_quiet(timeout_s=quiet_wait) if quiet_wait > 0 else None
         with LoadMonitor() as monitor:
             result = run()
-        load = dict(monitor.result, quiet_wait=quiet, attempt=attempt)
-        print(f"  attempt {attempt}: " + load_note(load) + (f"; {describe(result)}" if describe else ""), flush=True)
-        foreign = load.get("foreign_cpu_fraction", 0.0)
+        foreign = monitor.result.get("foreign_cpu_fraction", 0.0)
+        load = dict(monitor.result, quiet_wait=waited, attempt=attempt, max_load=max_load, quiet=foreign <= max_load)
+        print(f"  attempt {attempt}: others used {foreign:.1%} of the cores"
+              + (f"; {describe(result)}" if describe else ""), flush=True)
         if best is None or foreign < best[1].get("foreign_cpu_fraction", 0.0):
             best = (result, load)
         if foreign <= max_load:
@@ -328,243 +218,256 @@ def quietest_attempt(run: Callable[[], Any], *, attempts: int, max_load: float, 
     return best
 
 
-def load_note(load: dict | None, label: str = "load during timing") -> str:
-    """One markdown line about machine load during the timing (empty when unknown)."""
-    if not load or "foreign_cpu_fraction" not in load:
-        return ""
-    f, st = load["foreign_cpu_fraction"], load.get("steal_fraction", 0.0)
-    flag = "" if f < 0.05 and st < 0.05 else " **(the machine was busy: these timings are noisy)**"
-    return (f"- {label}: other processes used {f:.1%} of the cores, hypervisor steal {st:.1%}, "
-            f"loadavg {load.get('loadavg')}{flag}")
+def timed(calls: dict, args, *, repeats: int | None = None, warmup: int | None = None, syncs=None,
+          timing_kwargs=None) -> tuple[list[Timing], dict]:
+    """:func:`time_interleaved` under :func:`quietest_attempt` with the common arguments."""
+    timings, load = quietest_attempt(
+        lambda: time_interleaved(calls, repeats=repeats or args.repeats, warmup=args.warmup if warmup is None
+                                 else warmup, syncs=syncs, timing_kwargs=timing_kwargs),
+        attempts=args.attempts, max_load=args.max_load, quiet_wait=args.quiet_wait,
+        describe=lambda ts: ", ".join(f"{t.name} {t.median_ms:.1f} ms" for t in ts))
+    return timings, load
 
 
 # -------------------------------------------------------------- environment
-def setup_threads(num_threads: int | None = None) -> dict:
-    """Same thread count for both frameworks; returns what is in effect.
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-    torch gets ``os.cpu_count()`` intra-op threads (unless ``num_threads`` is given);
-    XLA's CPU client is left at its default (one worker per core), and its flags
-    (``XLA_FLAGS``) are recorded as they are.
-    """
-    info: dict[str, Any] = {
-        "os_cpu_count": os.cpu_count(),
-        "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
-        "xla_threads": "default (all cores)",
-    }
-    try:
-        import torch
-    except ImportError:
-        return info
-    torch.set_num_threads(num_threads or os.cpu_count() or 1)
+
+def setup_threads(num_threads: int | None = None) -> dict:
+    """torch gets ``num_threads`` (default: the available cores) intra-op threads; XLA keeps its
+    default (one worker per core). Returns what is in effect, with ``XLA_FLAGS``."""
+    info: dict[str, Any] = {"available_cores": available_cores(), "os_cpu_count": os.cpu_count(),
+                            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "xla_threads": "default (all cores)",
+                            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    import torch
+
+    torch.set_num_threads(num_threads or available_cores())
     info["torch_num_threads"] = torch.get_num_threads()
-    info["torch_num_interop_threads"] = torch.get_num_interop_threads()
     return info
 
 
 def select_device(requested: str = "auto") -> str:
-    """``"gpu"`` when JAX runs on a GPU and torch sees CUDA, else ``"cpu"``.
-
-    ``requested="gpu"`` raises if that is not possible; ``"cpu"`` always gives cpu
-    (JAX then still uses its default backend, so only ask for cpu on a CPU machine or
-    with ``JAX_PLATFORMS=cpu``).
-    """
-    if requested not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"device must be auto, cpu or gpu, got {requested!r}")
+    """``"gpu"`` when JAX runs on a GPU and torch sees CUDA (``requested="gpu"`` insists), else ``"cpu"``."""
     if requested == "cpu":
         return "cpu"
     import jax
+    import torch
 
-    gpu_ok = jax.default_backend() == "gpu"
+    gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+    if requested == "gpu" and not gpu:
+        raise SystemExit("--device gpu needs jax on a GPU backend and torch.cuda.is_available()")
+    return "gpu" if gpu else "cpu"
+
+
+def _cpuinfo(key: str) -> str:
     try:
-        import torch
-
-        gpu_ok = gpu_ok and torch.cuda.is_available()
-    except ImportError:
-        gpu_ok = False
-    if requested == "gpu" and not gpu_ok:
-        raise RuntimeError("--device gpu needs jax on a GPU backend and torch.cuda.is_available()")
-    return "gpu" if gpu_ok else "cpu"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return sorted(f for f in flags if f.startswith(("avx", "fma", "amx", "sse4")))
-    except OSError:
-        pass
-    return []
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith(key))
+    except (OSError, StopIteration):
+        return ""
 
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                               cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=REPO_ROOT, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=REPO_ROOT, timeout=10).stdout.strip()
+        return (head + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def machine_info(device: str = "cpu") -> dict:
-    """Platform, CPU, memory, accelerators and library versions."""
+    """Date, platform, CPU model and SIMD flags, cores, memory, git commit, library versions."""
+    def version(p):
+        try:
+            return metadata.version(p)
+        except metadata.PackageNotFoundError:
+            return None
+
     info: dict[str, Any] = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpu_model": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
-        "os_cpu_count": os.cpu_count(),
-        "device": device,
-        "git_commit": _git_commit(),
-        "versions": {p: _version(p) for p in ("jax", "jaxlib", "flax", "torch", "transformers", "numpy")},
+        "platform": platform.platform(), "python": sys.version.split()[0],
+        "cpu_model": _cpuinfo("model name") or platform.processor(),
+        "cpu_flags": sorted(f for f in _cpuinfo("flags").split() if f.startswith(("avx", "fma", "amx"))),
+        "os_cpu_count": os.cpu_count(), "device": device, "git_commit": _git_commit(),
+        "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
+        "versions": {p: version(p) for p in ("jax", "jaxlib", "flax", "torch", "transformers", "numpy")},
     }
-    try:
-        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        info["memory_gib"] = round(pages * page_size / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
     if "jax" in sys.modules:
         import jax
 
-        info["jax_backend"] = jax.default_backend()
         info["jax_devices"] = [str(d) for d in jax.devices()]
-    if device == "gpu" and "torch" in sys.modules:
+    if device == "gpu":
         import torch
 
         info["torch_cuda_device"] = torch.cuda.get_device_name(0)
     return info
 
 
+# --------------------------------------------------------------- models
+def convert(hf_model, architecture: str | None = None, config_overrides: dict | None = None, **kwargs):
+    """``zoo.Loaded`` ``(model, variables)`` holding ``hf_model``'s weights, through the public
+    ``zoo.from_state_dict`` (``config_overrides`` change zoo-only settings such as BigBird's
+    ``attention_type``; ``kwargs``: ``dtype``, ``param_dtype``, module settings)."""
+    import zoo
+
+    state = {k: v.detach().float().cpu().numpy() for k, v in hf_model.state_dict().items()}
+    config = {**hf_model.config.to_dict(), **(config_overrides or {})}
+    if not hasattr(zoo, "from_state_dict"):  # TEMPORARY until the lead's API lands
+        import jax.numpy as jnp
+        from converters.mapping import torch_to_flax
+        from zoo.pretrained import build_model, pack_variables, param_shapes
+        from zoo.registry import get_family
+        fam = get_family(config["model_type"])
+        module = build_model(fam.config_class.from_dict(config), architecture or type(hf_model).__name__, **kwargs)
+        flat, report = torch_to_flax(state.keys(), state.__getitem__, fam.key_table, param_shapes(module))
+        assert not report.unused and not report.missing, report.summary()
+        v = pack_variables({k: jnp.asarray(a, kwargs.get("param_dtype")) for k, a in flat.items()})
+        return module, (v if "params" in v else {"params": v})
+    return zoo.from_state_dict(state, config, architecture or type(hf_model).__name__, **kwargs)
+
+
+def randomize_constants(model, seed: int = 0) -> None:
+    """Random values for the float tensors HF initialises to one constant (biases, norm weights,
+    class tokens, relative-position tables, batch-norm statistics), so the output checks cover
+    them; HF's random weights (std 0.02) stay, so activations keep their scale."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict(keep_vars=True).items():
+            if not t.dtype.is_floating_point or t.numel() < 2 or not bool((t == t.flatten()[0]).all()):
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith("relative_position_bias_table"):
+                t.copy_(0.5 * torch.randn(t.shape, generator=g))
+            elif name.endswith(("lambda_1", "lambda_2")) or ("norm" in name and name.endswith("weight")):
+                t.copy_(t * (1 + 0.1 * torch.randn(t.shape, generator=g)))
+            else:
+                t.copy_(t + 0.02 * torch.randn(t.shape, generator=g))
+
+
+def to_numpy(x):
+    import numpy as np
+
+    if hasattr(x, "detach"):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, np.float32)
+
+
+def max_diff(a, b, where=None) -> float:
+    """Max abs difference (float64) of two arrays / tensors, optionally over ``where`` only."""
+    import numpy as np
+
+    d = np.abs(np.asarray(to_numpy(a), np.float64) - np.asarray(to_numpy(b), np.float64))
+    d = d if where is None else d[where]
+    return float(d.max()) if d.size else 0.0
+
+
+# ------------------------------------------------------------ peak memory
+def peak_rss(cmd: list[str], timeout_s: float = 1800.0, env: dict | None = None) -> dict:
+    """Run ``cmd`` (cwd: the repository); its peak resident set size (``ru_maxrss`` of
+    ``os.wait4``, the process and the children it waited for), wall / user / system seconds,
+    exit status and, on failure, the tail of its output."""
+    import tempfile
+
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO_ROOT)}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while (waited := os.wait4(proc.pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(0.05)
+        proc.returncode = 0  # reaped here, not by Popen
+        _, status, usage = waited
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(status)
+    result = {"command": " ".join(cmd), "peak_rss_mib": usage.ru_maxrss / 1024, "exit_status": code,
+              "wall_s": time.perf_counter() - t0, "user_s": usage.ru_utime, "system_s": usage.ru_stime}
+    if code != 0:
+        result["output_tail"] = output[-3000:]
+    return result
+
+
 # ------------------------------------------------------------------- output
-def add_common_args(parser: argparse.ArgumentParser, *, repeats: int = 20, warmup: int = 3) -> None:
+def add_common_args(parser: argparse.ArgumentParser, *, repeats: int = 10, warmup: int = 2,
+                    attempts: int = 1, quiet_wait: float = 60.0) -> None:
     parser.add_argument("--repeats", type=int, default=repeats, help="timed runs per implementation")
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
-    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                        help="gpu when jax is on a GPU and torch has CUDA (auto), or force one")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
+    parser.add_argument("--attempts", type=int, default=attempts,
+                        help="time again, up to this many times, while others use more than --max-load")
+    parser.add_argument("--max-load", type=float, default=0.05,
+                        help="largest share of the cores other processes may use for a quiet timing")
+    parser.add_argument("--quiet-wait", type=float, default=quiet_wait,
+                        help="seconds to wait at most for a quiet machine before timing (0: do not wait)")
     parser.add_argument("--name", default=None, help="results file stem (default: the benchmark's)")
     parser.add_argument("--no-write", action="store_true", help="print only, write no results files")
-    parser.add_argument("--quiet-wait", type=float, default=300.0,
-                        help="seconds to wait at most for other processes to leave the CPUs (0: do not wait)")
 
 
-def comparison_table(timings: Sequence[Timing], reference: str) -> str:
-    """Markdown table of ``timings``; ``speedup = row_median / reference_median``.
-
-    With the zoo as ``reference``, the speedup column of a PyTorch row reads "how many
-    times faster the zoo is than this implementation" (> 1: zoo faster).
-    """
-    ref = next((t for t in timings if t.name == reference), None)
-    if ref is None:
-        raise ValueError(f"no timing named {reference!r} among {[t.name for t in timings]}")
-    lines = [
-        f"| implementation | median ms | min ms | IQR ms | compile s | speedup of {reference} (this / {reference}) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+def comparison_table(timings: list[Timing], reference: str = "zoo") -> str:
+    """Markdown: median, min, IQR, compile time and ``this / reference`` (> 1: reference faster)."""
+    ref = next(t for t in timings if t.name == reference)
+    lines = [f"| implementation | median ms | min ms | IQR ms | compile s | this / {reference} |",
+             "|---|---:|---:|---:|---:|---:|"]
     for t in timings:
-        compile_s = "" if t.compile_s is None else f"{t.compile_s:.2f}"
-        speedup = "1.00 (reference)" if t is ref else f"{t.median_ms / ref.median_ms:.2f}x"
-        lines.append(f"| {t.name} | {t.median_ms:.1f} | {t.min_ms:.1f} | {t.iqr_ms:.1f} | {compile_s} | {speedup} |")
+        c = "" if t.compile_s is None else f"{t.compile_s:.2f} (+{t.lower_s:.2f})"
+        r = "1.00" if t is ref else f"{t.median_ms / ref.median_ms:.2f}x"
+        lines.append(f"| {t.name} | {t.median_ms:.1f} | {t.min_ms:.1f} | {t.iqr_ms:.1f} | {c} | {r} |")
     return "\n".join(lines)
 
 
-def environment_block(machine: dict, threads: dict | None = None, load: dict | None = None) -> str:
-    """A short markdown description of where the numbers were measured."""
-    v = machine.get("versions", {})
-    lines = [
-        f"- machine: {machine.get('cpu_model')} ({machine.get('os_cpu_count')} logical cores, "
-        f"{machine.get('memory_gib', '?')} GiB), {machine.get('platform')}, device `{machine.get('device')}`",
-        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
-        f"- date (UTC): {machine.get('date_utc')}, git {machine.get('git_commit')}",
-    ]
-    if threads:
-        lines.append(
-            f"- threads: torch {threads.get('torch_num_threads')} intra-op / "
-            f"{threads.get('torch_num_interop_threads')} inter-op; XLA {threads.get('xla_threads')}; "
-            f"XLA_FLAGS=`{threads.get('XLA_FLAGS') or '(unset)'}`"
-        )
-    note = load_note(load)
-    if note:
-        lines.append(note)
-    return "\n".join(lines)
+def load_note(load: dict | None) -> str:
+    if not load or "foreign_cpu_fraction" not in load:
+        return ""
+    f = load["foreign_cpu_fraction"]
+    return (f"others used {f:.1%} of the cores while timing, steal {load.get('steal_fraction', 0):.1%}"
+            + ("" if load.get("quiet", f < 0.05) else " **(busy: these timings are noisy)**"))
 
 
 def _jsonable(x: Any) -> Any:
-    if isinstance(x, Timing):
-        return x.to_dict()
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return dataclasses.asdict(x)
+        return _jsonable(dataclasses.asdict(x))
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
     if isinstance(x, Path):
         return str(x)
-    if hasattr(x, "item") and callable(x.item):  # numpy / jax scalars
-        try:
-            return x.item()
-        except (TypeError, ValueError):
-            pass
-    return x
+    return x.item() if hasattr(x, "item") and callable(x.item) else x
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def finish_report(name: str, payload: dict, md: list[str], *, write: bool) -> dict:
-    """Append the machine / threads / load lines (``payload``'s ``machine``, ``threads``,
-    ``loadavg_start``, ``loadavg_end``, ``wall_s``) to ``md``, print the markdown and, with
-    ``write``, save it with the payload (:func:`write_results`). Returns ``payload``."""
-    threads = payload["threads"]
-    md = list(md) + [
-        environment_block(payload["machine"], threads),
-        f"- torch.set_num_threads({threads.get('torch_num_threads')}); {available_cores()} cores available",
-        f"- os.getloadavg() at start {payload['loadavg_start']}, at end {payload['loadavg_end']}; "
-        f"whole run {payload['wall_s']:.0f} s"]
-    markdown = "\n".join(md)
-    print()
-    print(markdown)
+def finish_report(name: str, payload: dict, md: list[str], *, write: bool, threads: dict | None = None,
+                  device: str = "cpu") -> dict:
+    """Add ``machine`` and ``threads`` to ``payload``, print the markdown and, with ``write``,
+    write ``results/<name>.json`` and ``.md`` (temporary name, then rename). Returns the payload
+    as written (plain JSON types)."""
+    payload = {**payload, "command": "python -m " + " ".join([payload.pop("module", "benchmarks"), *sys.argv[1:]]),
+               "machine": machine_info(device), "threads": threads}
+    m = payload["machine"]
+    md = list(md) + ["", f"- `{payload['command']}`; {m['date_utc']}, git {m['git_commit']}; {m['cpu_model']} "
+                     f"({m['os_cpu_count']} cores, {m['memory_gib']} GiB), device {device}; "
+                     + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)]
+    if threads:
+        md.append(f"- threads: torch {threads.get('torch_num_threads')}, XLA {threads['xla_threads']}, "
+                  f"XLA_FLAGS=`{threads['XLA_FLAGS'] or '(unset)'}`")
+    markdown = "\n".join(md).rstrip() + "\n"
+    print("\n" + markdown, flush=True)
+    payload = _jsonable(payload)
     if write:
-        print("wrote", *write_results(name, payload, markdown))
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        for path, text in ((RESULTS_DIR / f"{name}.json", json.dumps(payload, indent=2) + "\n"),
+                           (RESULTS_DIR / f"{name}.md", markdown)):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+            print("wrote", path)
     return payload
-
-
-def write_results(name: str, payload: dict, markdown: str, results_dir: Path | None = None) -> tuple[Path, Path]:
-    """Write ``<results_dir>/<name>.json`` (payload) and ``<name>.md`` (markdown).
-
-    Files are written to a temporary name and renamed, so a crash leaves no half file.
-    """
-    results_dir = Path(results_dir or RESULTS_DIR)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
-    for path, text in ((json_path, json.dumps(_jsonable(payload), indent=2) + "\n"),
-                       (md_path, markdown.rstrip() + "\n")):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    return json_path, md_path
