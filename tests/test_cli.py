@@ -14,10 +14,11 @@ import pytest
 import torch
 import transformers
 
-from zoo.cli import TINY_CHECKPOINT
+from zoo.assets import TINY_AUDIO_CTC_CHECKPOINT, TINY_SPEECH_WAV, TINY_TEXT_BIN_CHECKPOINT
+from zoo.assets import TINY_TEXT_CHECKPOINT as TINY_CHECKPOINT
 from zoo.registry import list_architectures
 
-BIN_CHECKPOINT = TINY_CHECKPOINT.parent / "tiny-data2vec-text-bin"
+BIN_CHECKPOINT = TINY_TEXT_BIN_CHECKPOINT
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
 
 
@@ -86,8 +87,8 @@ def test_convert_bfloat16(tmp_path):
 
 
 def test_run_audio_transcribes_the_shipped_wav(tmp_path):
-    audio_ckpt = TINY_CHECKPOINT.parent / "tiny-data2vec-audio-ctc"
-    wav = TINY_CHECKPOINT.parent / "tiny-speech.wav"
+    audio_ckpt = TINY_AUDIO_CTC_CHECKPOINT
+    wav = TINY_SPEECH_WAV
     out = tmp_path / "audio"
     assert zoo("convert", str(audio_ckpt), str(out)).returncode == 0
     assert (out / "vocab.json").is_file() and (out / "preprocessor_config.json").is_file()

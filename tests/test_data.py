@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zoo.data import DataError, batch_indices, load_dataset, max_text_length
+from zoo.data import (
+    DataError,
+    batch_indices,
+    load_image_classification,
+    load_speech_recognition_ctc,
+    load_text_classification,
+    max_text_length,
+)
 from zoo.models.data2vec_audio import Data2VecAudioConfig
 from zoo.models.data2vec_text import Data2VecTextConfig
 from zoo.models.data2vec_vision import Data2VecVisionConfig
@@ -52,17 +59,15 @@ def _tokenizer_dir(root: Path) -> Path:
 
 
 def _text(path, ckpt=None, **kw):
-    return load_dataset("text_classification", path, checkpoint_dir=ckpt, config=kw.pop("config", TEXT_CONFIG), **kw)
+    return load_text_classification(path, checkpoint_dir=ckpt, config=kw.pop("config", TEXT_CONFIG), **kw)
 
 
 def _speech(path, ckpt=AUDIO_CKPT, **kw):
-    return load_dataset("speech_recognition_ctc", path, checkpoint_dir=ckpt, config=kw.pop("config", AUDIO_CONFIG),
-                        **kw)
+    return load_speech_recognition_ctc(path, checkpoint_dir=ckpt, config=kw.pop("config", AUDIO_CONFIG), **kw)
 
 
 def _images(path, ckpt, **kw):
-    return load_dataset("image_classification", path, checkpoint_dir=ckpt, config=kw.pop("config", VISION_CONFIG),
-                        **kw)
+    return load_image_classification(path, checkpoint_dir=ckpt, config=kw.pop("config", VISION_CONFIG), **kw)
 
 
 def _wave(n, seed=0, sr=SR, path=None):
@@ -500,10 +505,20 @@ def test_images_errors(tmp_path):
 
 # ====================================================================== misc
 def test_load_dataset_arguments(tmp_path):
+    from zoo.tasks import TASKS, load_dataset
+
     with _raises(ValueError, "unknown task 'summarization'", "text_classification"):
         load_dataset("summarization", tmp_path, checkpoint_dir=None, config=TEXT_CONFIG)
+    with _raises(ValueError, "unknown task 'text_clasification'", "did you mean 'text_classification'"):
+        load_dataset("text_clasification", tmp_path, checkpoint_dir=None, config=TEXT_CONFIG)
     with _raises(ValueError, "max_length"):
         load_dataset("image_classification", tmp_path, checkpoint_dir=None, config=VISION_CONFIG, max_length=3)
+    with _raises(ValueError, "label2id", "speech_recognition_ctc"):
+        load_dataset("speech_recognition_ctc", tmp_path, checkpoint_dir=None, config=AUDIO_CONFIG, label2id={"a": 0})
+    path = _jsonl(tmp_path / "t.jsonl", [{"input_ids": [0, 5, 2], "label": 0}, {"input_ids": [0, 2], "label": 1}])
+    ds = load_dataset("text_classification", path, checkpoint_dir=None, config=TEXT_CONFIG)
+    assert ds.task == "text_classification" and len(ds) == 2
+    assert set(TASKS) == {"text_classification", "speech_recognition_ctc", "image_classification"}
 
 
 def test_module_imports_only_numpy_and_stdlib():

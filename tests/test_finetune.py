@@ -97,7 +97,7 @@ def test_text_classification_learns_and_resumes(text_checkpoint, tmp_path, capsy
     assert "compile_and_first_steps_s" in rows[0]
 
     # the fine-tuned model: labels from the data, runnable
-    model, params = zoo.from_pretrained(full / "model")
+    model, _ = zoo.from_pretrained(full / "model")
     assert type(model).__name__ == "Data2VecTextForSequenceClassification"
     assert model.config.id2label == {0: "high", 1: "low"}
     assert sorted(p.name for p in (full / "checkpoints").iterdir() if p.name.isdigit()) == ["16", "24"]
@@ -187,7 +187,7 @@ def test_errors_name_the_problem(text_checkpoint, tmp_path, capsys):
 def test_another_label_count_replaces_the_classifier(text_checkpoint, tmp_path):
     """A classifier checkpoint loads with another number of labels only when asked, HF's way;
     a zoo directory of the bare body loads into the classifier (prefix added)."""
-    body, params = zoo.from_pretrained(text_checkpoint)
+    body, variables = zoo.from_pretrained(text_checkpoint)
     config3 = body.config.replace(num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
     clf3 = zoo.build_model(config3, "Data2VecTextForSequenceClassification")
     zoo.export_pytorch(tmp_path / "hf3", clf3, zoo.init_params(clf3, 1))  # a HF checkpoint with 3 labels
@@ -197,18 +197,18 @@ def test_another_label_count_replaces_the_classifier(text_checkpoint, tmp_path):
     for source in (tmp_path / "hf3", tmp_path / "zoo3"):
         with pytest.raises(zoo.pretrained.KeyMappingError, match="shape"):
             zoo.from_pretrained(source, head, config=config2)
-        model, loaded, report = zoo.from_pretrained(source, head, config=config2, ignore_mismatched_sizes=True,
-                                                    return_report=True)
+        loaded = zoo.from_pretrained(source, head, config=config2, ignore_mismatched_sizes=True)
+        model, report = loaded.model, loaded.report
         assert sorted(m.split()[0].replace(".", "/").replace("weight", "kernel") for m in report.mismatched) == \
             ["classifier/out_proj/bias", "classifier/out_proj/kernel"]
         assert model.config.id2label == {0: "x", 1: "y"}
-        assert loaded["classifier"]["out_proj"]["kernel"].shape == (32, 2)
+        assert loaded.variables["params"]["classifier"]["out_proj"]["kernel"].shape == (32, 2)
         assert sorted(report.missing) == ["classifier/out_proj/bias", "classifier/out_proj/kernel"]
     # the body's own weights are the checkpoint's, the prefix added for the head model
-    _, clf, report = zoo.from_pretrained(text_checkpoint, "Data2VecTextForSequenceClassification",
-                                         return_report=True)
+    loaded = zoo.from_pretrained(text_checkpoint, "Data2VecTextForSequenceClassification")
+    report = loaded.report
     assert report.prefix == "added" and all(m.startswith("classifier/") for m in report.missing)
-    np.testing.assert_array_equal(clf["data2vec_text"]["embeddings"]["word_embeddings"]["embedding"],
-                                  params["embeddings"]["word_embeddings"]["embedding"])
+    np.testing.assert_array_equal(loaded.variables["params"]["data2vec_text"]["embeddings"]["word_embeddings"]
+                                  ["embedding"], variables["params"]["embeddings"]["word_embeddings"]["embedding"])
     with pytest.raises(zoo.registry.UnsupportedModelError, match="data2vec-audio"):
         zoo.from_pretrained(text_checkpoint, config=zoo.load_preset("data2vec-audio-base"))

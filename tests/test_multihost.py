@@ -113,6 +113,6 @@ def test_two_processes_train_as_one(setup):
     _, a = zoo.from_pretrained(root / "one" / "model")
     model, b = zoo.from_pretrained(root / "two" / "model")
     assert model.config.id2label == {0: "high", 1: "low"}
-    flat_a, flat_b = zoo.pretrained.flatten(a), zoo.pretrained.flatten(b)
+    flat_a, flat_b = zoo.tree.flatten_variables(a), zoo.tree.flatten_variables(b)
     assert flat_a.keys() == flat_b.keys()
     assert max(float(np.max(np.abs(np.asarray(flat_a[k]) - np.asarray(flat_b[k])))) for k in flat_a) <= 1e-5

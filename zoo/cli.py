@@ -1,22 +1,21 @@
-"""The ``zoo`` command: convert, export, inspect and run checkpoints.
+"""The ``zoo`` command: convert, export, inspect, run and fine-tune checkpoints.
 
-Errors print one line on stderr (``zoo: error: ...``) and exit non-zero; an output
-directory is only created when the command succeeds.
+It parses arguments and prints; the work lives in the library (:mod:`zoo.pretrained`,
+:mod:`zoo.info`, :mod:`zoo.inference`, :mod:`zoo.verify`, :mod:`zoo.finetune`). Errors print
+one line on stderr (``zoo: error: ...``) and exit non-zero; an output directory is only
+created when the command succeeds. Nothing in the library imports this module.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-ASSETS = Path(__file__).parent / "assets"
-TINY_CHECKPOINT = ASSETS / "tiny-data2vec-text"
-TINY_AUDIO_CHECKPOINT = ASSETS / "tiny-data2vec-audio-ctc"
-TINY_WAV = ASSETS / "tiny-speech.wav"
+from zoo.assets import TINY_TEXT_CHECKPOINT as TINY_CHECKPOINT  # noqa: F401  (old name; owner: zoo.assets)
+
 DEFAULT_INPUT_IDS = "0 31415 232 328 740 1140 12695 69 46078 1588 2"
 
 
@@ -91,84 +90,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------ commands
-def cmd_convert(args) -> None:
-    from zoo import pretrained
-
-    dtype = None if args.dtype is None else pretrained.as_dtype(args.dtype)
-    out = Path(args.out)
+def _check_new_output(path: str) -> Path:
+    out = Path(path)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: output already exists")
+    return out
+
+
+def cmd_convert(args) -> None:
+    from zoo import pretrained
+    from zoo.info import parameter_count
+    from zoo.tree import as_dtype
+
+    dtype = None if args.dtype is None else as_dtype(args.dtype)
+    out = _check_new_output(args.out)
     src = pretrained.resolve_checkpoint(args.src)
-    module, report = pretrained.convert(src, out, args.architecture, param_dtype=dtype, progress=True)
-    count = sum(math.prod(s) for s in pretrained.param_shapes(module, state=False).values())
+    model, report = pretrained.convert(src, out, args.architecture, param_dtype=dtype, progress=True)
     import numpy as np
 
-    stored = np.dtype(module.param_dtype).name
-    print(f"converted {src} -> {out} ({type(module).__name__}, {count:,} parameters, "
+    stored = np.dtype(model.param_dtype).name
+    print(f"converted {src} -> {out} ({type(model).__name__}, {parameter_count(model):,} parameters, "
           f"{stored}{'' if args.dtype else ', as stored'}); {report.summary()}")
     if args.verify:
-        _, params = pretrained.from_pretrained(out)
-        _verify(src, module, params)
+        from zoo.verify import compare_with_pytorch
 
-
-def _verify(src: Path, module, params) -> None:
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        raise RuntimeError("--verify needs torch and transformers: pip install 'zoo[test]'") from None
-    import numpy as np
-
-    transformers.logging.disable_progress_bar()
-    name = type(module).__name__
-    hf_cls = getattr(transformers, name)
-    hf = hf_cls.from_pretrained(str(src), attn_implementation="eager").eval()
-    inputs = module.dummy_inputs(module.config)
-    rng = np.random.RandomState(0)
-    if "pixel_values" in inputs:
-        x = rng.randn(2, *np.asarray(inputs["pixel_values"]).shape[1:]).astype(np.float32)
-        with torch.no_grad():
-            ref = hf(pixel_values=torch.from_numpy(x), output_hidden_states=True)
-        from zoo.pretrained import as_variables
-
-        got = module.apply(as_variables(params), x, output_hidden_states=True)
-        return _print_diffs(got, ref)
-    ids = np.asarray(inputs["input_ids"])
-    shape = ids.shape[:-1] + (16,)
-    ids = rng.randint(module.config.pad_token_id + 1, module.config.vocab_size, shape)
-    mask = np.ones_like(ids)
-    mask[..., -3:] = 0
-    ids[..., -3:] = module.config.pad_token_id
-    with torch.no_grad():
-        ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                 output_hidden_states=True)
-    got = module.apply({"params": params}, input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    _print_diffs(got, ref)
-
-
-def _print_diffs(got, ref) -> None:
-    import numpy as np
-
-    for field, value in ref.items():
-        if value is None or field == "past_key_values":
-            continue
-        ours = getattr(got, field)
-        pairs = zip(ours, value) if isinstance(value, tuple) else [(ours, value)]
-        diff = max(float(np.max(np.abs(np.asarray(a, np.float64) - b.double().numpy()))) for a, b in pairs)
-        print(f"verify {field}: max abs diff {diff:.3g}")
+        model, variables = pretrained.from_pretrained(out)
+        for field, diff in compare_with_pytorch(src, model, variables).items():
+            print(f"verify {field}: max abs diff {diff:.3g}")
 
 
 def cmd_export(args) -> None:
     from zoo import pretrained
 
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: output already exists")
+    out = _check_new_output(args.out)
     src = pretrained.resolve_checkpoint(args.src)
-    module, params = pretrained.from_pretrained(src)
-    pretrained.export_pytorch(out, module, params, include_aliases=args.include_tied,
+    model, variables = pretrained.from_pretrained(src)
+    pretrained.export_pytorch(out, model, variables, include_aliases=args.include_tied,
                               extra_files=pretrained.auxiliary_files(src))
-    print(f"exported {args.src} -> {out}/model.safetensors ({type(module).__name__})")
+    print(f"exported {args.src} -> {out}/model.safetensors ({type(model).__name__})")
 
 
 def cmd_list(args) -> None:
@@ -179,241 +138,115 @@ def cmd_list(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from collections import Counter
+    from zoo.info import checkpoint_info
 
-    from converters.readers import open_checkpoint
-    from zoo import pretrained
-
-    src = pretrained.resolve_checkpoint(args.path)
-    family, config = pretrained.read_config(src)
-    arch = pretrained.choose_architecture(family, config, None)
-    weights = src / pretrained.ZOO_WEIGHTS
-    with open_checkpoint(weights if weights.exists() else src) as ckpt:
-        keys = ckpt.keys()
-        count = sum(math.prod(ckpt.shape(k)) for k in keys)
-        dtypes = Counter(str(ckpt.dtype(k)) for k in keys)
-        info = {
-            "path": str(src), "family": family.model_type, "architecture": arch,
-            "format": "zoo" if weights.exists() else ckpt.format, "tensors": len(keys),
-            "parameters": count, "dtype": dict(dtypes), "bytes": ckpt.nbytes,
-        }
-    for k, v in info.items():
+    for k, v in checkpoint_info(args.path).items():
         print(f"{k:13s} {v}")
 
 
+def _parse_ids(text: str, what: str = "--input-ids") -> list[int]:
+    try:
+        return [int(t) for t in text.split()]
+    except ValueError:
+        raise ValueError(f"{what} must be space-separated integers, got {text!r}") from None
+
+
 def cmd_run(args) -> None:
-    from zoo import pretrained
+    from zoo import inference, pretrained
 
     src = pretrained.resolve_checkpoint(args.checkpoint)
-    module, params = pretrained.from_pretrained(src, args.architecture)
-    inputs = module.dummy_inputs(module.config)
-    name = type(module).__name__
+    model, variables = pretrained.from_pretrained(src, args.architecture)
+    name = type(model).__name__
+    kind = inference.input_kind(model)
     image, audio = getattr(args, "image", None), getattr(args, "audio", None)
-    if "pixel_values" in inputs:
-        if not image:
-            raise ValueError(f"{name} takes images: pass --image FILE")
-        if "input_ids" in inputs:
-            return _run_zero_shot(src, module, params, args)
-        return _run_image(src, module, params, args)
-    if image:
-        raise ValueError(f"{name} does not take images: pass " + ("--audio" if "input_values" in inputs
-                                                                   else "--input-ids"))
-    if "input_values" in inputs:
-        if not audio:
-            raise ValueError(f"{name} takes audio: pass --audio FILE.wav")
-        return _run_audio(src, module, params, args)
-    if audio:
-        raise ValueError(f"{name} takes token ids, not audio: pass --input-ids")
-    _run_text(module, params, args)
+    if kind in ("image", "image_text") and not image:
+        raise ValueError(f"{name} takes images: pass --image FILE")
+    if kind not in ("image", "image_text") and image:
+        raise ValueError(f"{name} does not take images: pass " + ("--audio" if kind == "audio" else "--input-ids"))
+    if kind == "audio" and not audio:
+        raise ValueError(f"{name} takes audio: pass --audio FILE.wav")
+    if kind != "audio" and audio:
+        raise ValueError(f"{name} takes token ids, not audio: pass --input-ids" if kind == "text"
+                         else f"{name} takes images, not audio: pass only --image")
+    top_k = args.top_k
+    if kind == "image_text":
+        return _run_zero_shot(src, model, variables, args)
+    if kind == "image":
+        from zoo.preprocessing import load_image, segmentation_to_png
+
+        pred = inference.predict_image(model, variables, load_image(image), directory=src, top_k=top_k)
+        (w, h), (pw, ph) = pred.image_size, pred.processed_size
+        print(f"{name} on {image} ({w}x{h} -> {pw}x{ph})")
+        if pred.label_map is not None:
+            path = Path(args.output or f"{Path(image).stem}-segmentation.png")
+            segmentation_to_png(pred.label_map, path)
+            print(f"  segmentation {w}x{h} -> {path}; largest classes: {_shares(pred.segment_shares)}")
+        return _print_prediction(pred)
+    if kind == "audio":
+        from zoo.preprocessing import read_wav
+
+        samples, rate = read_wav(audio)
+        pred = inference.predict_audio(model, variables, samples, rate, directory=src, top_k=top_k)
+        print(f"{name} on {audio} ({len(samples) / rate:.2f} s at {rate} Hz)")
+        return _print_prediction(pred)
+    ids = _parse_ids(args.input_ids)
+    if not ids:
+        raise ValueError("--input-ids is empty")
+    pred = inference.predict_text(model, variables, [[i % model.config.vocab_size for i in ids]], top_k=top_k)
+    print(f"{name} on {pred.num_tokens} tokens")
+    _print_prediction(pred, top_k)
 
 
-def image_processor_for(src: Path, config):
-    """The checkpoint's ``preprocessor_config.json``, else the family's processor (BEiT's, or
-    CLIP's for GroupViT) with its defaults at the config's image size."""
-    from zoo.nn.vision import as_pair
-    from zoo.preprocessing import BeitImageProcessor, CLIPImageProcessor
-
-    clip = config.model_type == "groupvit"
-    processor = CLIPImageProcessor if clip else BeitImageProcessor
-    if (src / "preprocessor_config.json").is_file():
-        return processor.from_pretrained(src)
-    height, width = as_pair(config.vision.image_size if clip else config.image_size, "image_size")
-    if clip:
-        return CLIPImageProcessor(size={"shortest_edge": min(height, width)},
-                                  crop_size={"height": height, "width": width})
-    return BeitImageProcessor(size={"height": height, "width": width})
-
-
-def _label_token_ids(src: Path, labels: list[str] | None, input_ids: str | None, pad_id: int):
-    """``(ids [T, L], attention_mask [T, L])`` from label texts (tokenizer.json) or id lists."""
-    import numpy as np
-
-    if labels:
-        path = src / "tokenizer.json"
-        try:
-            from tokenizers import Tokenizer
-        except ImportError:
-            raise RuntimeError("--labels needs the `tokenizers` package (pip install tokenizers), or pass "
-                               "--input-ids") from None
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no tokenizer.json next to the checkpoint; pass --input-ids "
-                                    '"ids, ids" (one id sequence per label) instead')
-        sequences = [e.ids for e in Tokenizer.from_file(str(path)).encode_batch(labels)]
-    else:
-        try:
-            sequences = [[int(t) for t in part.split()] for part in input_ids.split(",")]
-        except ValueError:
-            raise ValueError(f"--input-ids must be comma-separated sequences of integers, got {input_ids!r}") from None
-    if not sequences or not all(sequences):
-        raise ValueError("every label needs at least one token")
-    length = max(len(seq) for seq in sequences)
-    ids = np.full((len(sequences), length), pad_id, np.int32)
-    mask = np.zeros((len(sequences), length), np.int32)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
-    return ids, mask
-
-
-def _run_zero_shot(src: Path, module, params, args) -> None:
+def _run_zero_shot(src: Path, model, variables, args) -> None:
     """GroupViT: label scores for the image, and the zero-shot segmentation with ``--output``."""
-    import jax
-    import numpy as np
-
-    from zoo.nn.resize import resize
-    from zoo.pretrained import as_variables
-    from zoo.preprocessing import load_image, segmentation_to_png
+    from zoo import inference
+    from zoo.preprocessing import load_image, pad_token_sequences, segmentation_to_png, tokenize_texts
 
     labels = [t.strip() for t in (args.labels or "").split(",") if t.strip()]
-    if not labels and args.input_ids in (None, DEFAULT_INPUT_IDS):
+    pad_id = model.config.text.pad_token_id or 0
+    if labels:
+        ids, mask = tokenize_texts(src, labels, pad_id,
+                                   hint='pass --input-ids "ids, ids" (one id sequence per label) instead')
+    elif args.input_ids in (None, DEFAULT_INPUT_IDS):
         raise ValueError('pass --labels "a cat,a dog" (with a tokenizer.json) or --input-ids "ids, ids"')
-    cfg = module.config.text
-    ids, mask = _label_token_ids(src, labels, args.input_ids, cfg.pad_token_id or 0)
+    else:
+        sequences = [_parse_ids(part, "--input-ids (comma-separated sequences)") for part in args.input_ids.split(",")]
+        ids, mask = pad_token_sequences(sequences, pad_id)
     names = labels or [f"text {i}" for i in range(len(ids))]
     image = load_image(args.image)
-    pixel_values = image_processor_for(src, module.config)(image)["pixel_values"]
-    segment = bool(args.output)
-    out = jax.jit(lambda v, i, m, x: module.apply(v, input_ids=i, attention_mask=m, pixel_values=x,
-                                                  output_segmentation=segment))(
-        as_variables(params), ids, mask, pixel_values)
-    logits = np.asarray(out.logits_per_image[0], np.float64)
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    print(f"{type(module).__name__} on {args.image} ({image.width}x{image.height} -> "
-          f"{pixel_values.shape[3]}x{pixel_values.shape[2]}), {len(names)} labels")
-    for i in np.argsort(-probs)[: args.top_k]:
-        print(f"  {names[i]}: {probs[i]:.4f}")
-    if segment:
-        seg = resize(out.segmentation_logits[0], (image.height, image.width), axes=(1, 2))  # [T, H, W]
-        label_map = np.asarray(seg).argmax(0)
-        segmentation_to_png(label_map, args.output)
-        counts = np.bincount(label_map.ravel(), minlength=len(names))
-        share = ", ".join(f"{names[i]} {counts[i] / label_map.size:.1%}" for i in np.argsort(-counts)[: args.top_k])
-        print(f"  segmentation {image.width}x{image.height} -> {args.output}; largest: {share}")
+    pred = inference.zero_shot(model, variables, image, ids, mask, names=names, directory=src, top_k=args.top_k,
+                               segment=bool(args.output))
+    (w, h), (pw, ph) = pred.image_size, pred.processed_size
+    print(f"{pred.architecture} on {args.image} ({w}x{h} -> {pw}x{ph}), {len(names)} labels")
+    _print_prediction(pred)
+    if pred.label_map is not None:
+        segmentation_to_png(pred.label_map, args.output)
+        print(f"  segmentation {w}x{h} -> {args.output}; largest: {_shares(pred.segment_shares)}")
 
 
-def _run_image(src: Path, module, params, args) -> None:
-    import jax
-    import numpy as np
-
-    from zoo.pretrained import as_variables
-    from zoo.preprocessing import load_image, segmentation_to_png
-
-    image = load_image(args.image)
-    processor = image_processor_for(src, module.config)
-    pixel_values = processor(image)["pixel_values"]
-    out = jax.jit(lambda v, x: module.apply(v, x))(as_variables(params), pixel_values)
-    name = type(module).__name__
-    print(f"{name} on {args.image} ({image.width}x{image.height} -> {pixel_values.shape[3]}x{pixel_values.shape[2]})")
-    if name.endswith("ImageClassification"):
-        _print_top_labels(module.config, np.asarray(out.logits[0]), args.top_k)
-    elif name.endswith("SemanticSegmentation"):
-        label_map = processor.post_process_semantic_segmentation(
-            np.asarray(out.logits), target_sizes=[(image.height, image.width)])[0]
-        path = Path(args.output or f"{Path(args.image).stem}-segmentation.png")
-        segmentation_to_png(label_map, path)
-        labels = module.config.id2label or {}
-        classes, counts = np.unique(label_map, return_counts=True)
-        order = np.argsort(-counts)[: args.top_k]
-        share = ", ".join(f"{labels.get(int(classes[i]), int(classes[i]))} {counts[i] / label_map.size:.1%}"
-                          for i in order)
-        print(f"  segmentation {label_map.shape[1]}x{label_map.shape[0]} -> {path}; largest classes: {share}")
-    else:
-        h = np.asarray(out.last_hidden_state)
-        print(f"  last_hidden_state {h.shape}, mean {h.mean():.5f}, std {h.std():.5f}")
+def _shares(shares) -> str:
+    return ", ".join(f"{name} {share:.1%}" for name, share in shares)
 
 
-def _run_audio(src: Path, module, params, args) -> None:
-    import numpy as np
-
-    from zoo.preprocessing import AudioFeatureExtractor, CTCDecoder, read_wav, to_mono
-
-    config_file = src / "preprocessor_config.json"
-    extractor = AudioFeatureExtractor.from_pretrained(src) if config_file.is_file() else AudioFeatureExtractor()
-    samples, rate = read_wav(args.audio)
-    inputs = extractor(to_mono(samples), sampling_rate=rate, return_attention_mask=True)
-    out = module.apply({"params": params}, input_values=inputs["input_values"],
-                       attention_mask=inputs["attention_mask"])
-    name = type(module).__name__
-    print(f"{name} on {args.audio} ({len(samples) / rate:.2f} s at {rate} Hz)")
-    if name.endswith("ForCTC"):
-        if not (src / "vocab.json").is_file():
-            raise FileNotFoundError(f"{src}: no vocab.json next to the CTC checkpoint, cannot decode")
-        print(f"  transcription: {CTCDecoder.from_pretrained(src).decode_logits(np.asarray(out.logits))[0]!r}")
-    elif name.endswith(("SequenceClassification", "XVector")):
-        _print_top_labels(module.config, np.asarray(out.logits[0]), args.top_k)
-    elif name.endswith("AudioFrameClassification"):
-        labels = module.config.id2label or {}
-        pred = np.asarray(out.logits[0]).argmax(-1)
-        print("  frames: " + " ".join(str(labels.get(int(p), p)) for p in pred))
-    else:
-        h = np.asarray(out.last_hidden_state)
-        print(f"  last_hidden_state {h.shape}, mean {h.mean():.5f}, std {h.std():.5f}")
-
-
-def _print_top_labels(config, logits, top_k: int) -> None:
-    import numpy as np
-
-    logits = logits.astype(np.float64)
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    labels = config.id2label or {}
-    for i in np.argsort(-probs)[:top_k]:
-        print(f"  {labels.get(int(i), i)}: {probs[i]:.4f}")
-
-
-def _run_text(module, params, args) -> None:
-    import numpy as np
-
-    cfg = module.config
-    try:
-        ids = np.array([[int(t) for t in args.input_ids.split()]])
-    except ValueError:
-        raise ValueError(f"--input-ids must be space-separated integers, got {args.input_ids!r}") from None
-    if ids.size == 0:
-        raise ValueError("--input-ids is empty")
-    ids = ids % cfg.vocab_size
-    name = type(module).__name__
-    if name.endswith("ForMultipleChoice"):
-        ids = ids[:, None]
-    out = module.apply({"params": params}, input_ids=ids)
-    print(f"{name} on {ids.shape[-1]} tokens")
-    if hasattr(out, "logits") and name.endswith(("MaskedLM", "CausalLM")):
-        logits = np.asarray(out.logits[0])
-        for pos in range(logits.shape[0]):
-            top = np.argsort(-logits[pos])[: args.top_k]
-            print(f"  position {pos:3d} (id {ids[0, pos]:6d}): top-{args.top_k} ids {top.tolist()}")
-    elif name.endswith(("SequenceClassification", "MultipleChoice")):
-        _print_top_labels(cfg, np.asarray(out.logits[0]), args.top_k)
-    elif name.endswith("TokenClassification"):
-        labels = cfg.id2label or {}
-        pred = np.asarray(out.logits[0]).argmax(-1)
-        print("  " + " ".join(f"{t}/{labels.get(int(p), p)}" for t, p in zip(ids[0], pred)))
-    elif name.endswith("QuestionAnswering"):
-        start, end = int(np.argmax(out.start_logits[0])), int(np.argmax(out.end_logits[0]))
-        print(f"  answer span: tokens {start}..{end}")
-    else:
-        h = np.asarray(out.last_hidden_state)
-        print(f"  last_hidden_state {h.shape}, mean {h.mean():.5f}, std {h.std():.5f}")
+def _print_prediction(pred, top_k: int | None = None) -> None:
+    """The head's predictions, one per line, indented under the "X on INPUT" line."""
+    if pred.labels is not None:
+        for name, prob in pred.labels:
+            print(f"  {name}: {prob:.4f}")
+    if pred.token_top_ids is not None:
+        for pos, top in enumerate(pred.token_top_ids):
+            print(f"  position {pos:3d} (id {pred.input_ids[pos]:6d}): top-{top_k} ids {top.tolist()}")
+    if pred.token_labels is not None:
+        print("  " + " ".join(f"{t}/{label}" for t, label in zip(pred.input_ids, pred.token_labels)))
+    if pred.frame_labels is not None:
+        print("  frames: " + " ".join(str(label) for label in pred.frame_labels))
+    if pred.answer_span is not None:
+        print(f"  answer span: tokens {pred.answer_span[0]}..{pred.answer_span[1]}")
+    if pred.transcription is not None:
+        print(f"  transcription: {pred.transcription!r}")
+    if pred.hidden is not None:
+        shape, mean, std = pred.hidden
+        print(f"  last_hidden_state {shape}, mean {mean:.5f}, std {std:.5f}")
 
 
 def cmd_finetune(args) -> None:
@@ -441,12 +274,14 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    out = Path(args.output or tempfile.mkdtemp(prefix="zoo-demo-")) / "converted"
-    print(f"# zoo convert {TINY_CHECKPOINT} {out}")
     import importlib.util
 
+    from zoo.assets import TINY_AUDIO_CTC_CHECKPOINT, TINY_SPEECH_WAV, TINY_TEXT_CHECKPOINT
+
+    out = Path(args.output or tempfile.mkdtemp(prefix="zoo-demo-")) / "converted"
+    print(f"# zoo convert {TINY_TEXT_CHECKPOINT} {out}")
     verify = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
-    cmd_convert(argparse.Namespace(src=str(TINY_CHECKPOINT), out=str(out), dtype="float32",
+    cmd_convert(argparse.Namespace(src=str(TINY_TEXT_CHECKPOINT), out=str(out), dtype="float32",
                                    architecture=None, verify=verify))
     print(f"# zoo info {out}")
     cmd_info(argparse.Namespace(path=str(out)))
@@ -454,12 +289,12 @@ def cmd_demo(args) -> None:
     cmd_run(argparse.Namespace(checkpoint=str(out), architecture=None, top_k=5,
                                input_ids="0 31 7 4 58 100 9 2", audio=None))
     audio_out = out.parent / "converted-audio"
-    print(f"# zoo convert {TINY_AUDIO_CHECKPOINT} {audio_out}")
-    cmd_convert(argparse.Namespace(src=str(TINY_AUDIO_CHECKPOINT), out=str(audio_out), dtype="float32",
+    print(f"# zoo convert {TINY_AUDIO_CTC_CHECKPOINT} {audio_out}")
+    cmd_convert(argparse.Namespace(src=str(TINY_AUDIO_CTC_CHECKPOINT), out=str(audio_out), dtype="float32",
                                    architecture=None, verify=False))
-    print(f"# zoo run {audio_out} --audio {TINY_WAV}")
+    print(f"# zoo run {audio_out} --audio {TINY_SPEECH_WAV}")
     cmd_run(argparse.Namespace(checkpoint=str(audio_out), architecture=None, top_k=5, input_ids=None,
-                               audio=str(TINY_WAV)))
+                               audio=str(TINY_SPEECH_WAV)))
 
 
 COMMANDS = {"convert": cmd_convert, "export": cmd_export, "list": cmd_list, "info": cmd_info,

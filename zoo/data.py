@@ -3,7 +3,8 @@
 numpy + stdlib at import; ``tokenizers`` (text given as strings) and Pillow (images) are
 imported on first use.
 
-    ds = load_dataset("text_classification", "train.jsonl", checkpoint_dir=ckpt, config=cfg)
+    ds = load_text_classification("train.jsonl", checkpoint_dir=ckpt, config=cfg)
+    # or by task name: zoo.tasks.load_dataset("text_classification", "train.jsonl", ...)
     len(ds), ds.classes, ds.describe()        # "412 examples, 3 classes, 128 tokens per example"
     idx = batch_indices(len(ds), global_batch_size=32, step=step, seed=0,
                         process_index=jax.process_index(), process_count=jax.process_count())
@@ -80,7 +81,7 @@ holding its images (``.jpg .jpeg .png .bmp .gif .webp``, case-insensitive, searc
 recursively; hidden files and folders are ignored, other files are skipped and counted
 in :meth:`describe`). ``classes`` = sorted folder names, or the ``label2id`` order when
 given (every folder must then be one of its names). Images are processed by
-``zoo.cli.image_processor_for(checkpoint_dir, config)`` (``preprocessor_config.json``,
+``zoo.preprocessing.image_processor_for(checkpoint_dir, config)`` (``preprocessor_config.json``,
 else the family default at the model's image size), one by one in
 :meth:`~FinetuneDataset.batch`, which names the file it cannot read. The processor must
 give a fixed size (``size`` with height/width, or a center crop). Batch: ``pixel_values``
@@ -88,6 +89,9 @@ float32 ``[b, 3, H, W]``, ``labels`` int32 ``[b]``. Units: images.
 
 Batches: :func:`batch_indices` -- deterministic and stateless, so a resumed run (same
 seed, same global batch size) continues the exact example stream.
+
+The loaders share one signature ``(path, *, checkpoint_dir, config, label2id=None,
+max_length=None)``; :mod:`zoo.tasks` maps each task name to its loader (and its head and loss).
 """
 
 from __future__ import annotations
@@ -103,12 +107,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TASKS", "DataError", "FinetuneDataset", "TextClassificationDataset", "SpeechCTCDataset",
-           "ImageClassificationDataset", "load_dataset", "batch_indices", "max_text_length"]
+__all__ = ["DataError", "FinetuneDataset", "TextClassificationDataset", "SpeechCTCDataset",
+           "ImageClassificationDataset", "load_text_classification", "load_speech_recognition_ctc",
+           "load_image_classification", "batch_indices", "max_text_length"]
 
-TASKS = ("text_classification", "speech_recognition_ctc", "image_classification")
-
-TOKENIZER_FILE = "tokenizer.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 MANIFEST_FILE = "transcripts.jsonl"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
@@ -127,7 +129,7 @@ class DataError(ValueError):
 class FinetuneDataset:
     """A dataset for one task, holding everything needed to build fixed-shape batches.
 
-    Attributes: ``task`` (one of :data:`TASKS`), ``classes`` (label names in id order;
+    Attributes: ``task`` (its name in :data:`zoo.tasks.TASKS`), ``classes`` (label names in id order;
     ``None`` for CTC), ``spec`` (``{name: (shape without the batch axis, dtype)}`` of every
     array :meth:`batch` returns), ``unit_name`` (what :meth:`units` counts).
     """
@@ -209,7 +211,15 @@ def max_text_length(config) -> int | None:
     return int(mpe)
 
 
-def _load_text(path: Path, checkpoint_dir: Path | None, config, label2id, max_length) -> TextClassificationDataset:
+def load_text_classification(path: str | os.PathLike, *, checkpoint_dir: str | os.PathLike | None, config,
+                             label2id: Mapping[str, int] | None = None,
+                             max_length: int | None = None) -> TextClassificationDataset:
+    """The ``text_classification`` JSONL file at ``path`` (the format in the module docstring).
+
+    config: the checkpoint's zoo config; checkpoint_dir: its directory (``tokenizer.json``), or
+    None. label2id: class name -> id. max_length: tokens per row.
+    """
+    path, checkpoint_dir = _paths(path, checkpoint_dir)
     if path.is_dir():
         raise DataError(f"{path}: is a directory; text_classification reads a JSONL file "
                         '(one {"input_ids": [...] or "text": "...", "label": ...} per line)')
@@ -309,25 +319,15 @@ def _load_text(path: Path, checkpoint_dir: Path | None, config, label2id, max_le
 
 
 def _text_tokenizer(path: Path, checkpoint_dir: Path | None):
-    candidates = ([checkpoint_dir / TOKENIZER_FILE] if checkpoint_dir is not None else []) + [
-        path.parent / TOKENIZER_FILE]
-    tok_file = next((c for c in candidates if c.is_file()), None)
-    if tok_file is None:
-        raise FileNotFoundError(f"{path}: rows with \"text\" need a {TOKENIZER_FILE} (looked in "
-                                f"{' and '.join(str(c.parent) for c in candidates)}); or give \"input_ids\"")
+    """The checkpoint's ``tokenizer.json``, else the one next to the data file."""
+    from zoo.preprocessing import text_tokenizer_for
+
     try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise RuntimeError(f"{path}: rows with \"text\" need the `tokenizers` package (pip install tokenizers); "
-                           "or give \"input_ids\"") from None
-    try:
-        tokenizer = Tokenizer.from_file(str(tok_file))
-    except Exception as e:
-        raise DataError(f"{tok_file}: not a readable tokenizers file ({type(e).__name__}: "
-                        f"{str(e).strip()[:200]})") from None
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer, tok_file
+        return text_tokenizer_for([checkpoint_dir, path.parent], hint='or give "input_ids"')
+    except (FileNotFoundError, RuntimeError) as e:
+        raise type(e)(f"{path}: rows with \"text\" need a tokenizer: {e}") from None
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def _class_labels(raw: list[tuple[str, Any]], label2id, config) -> tuple[np.ndarray, list[str]]:
@@ -515,20 +515,28 @@ def _speech_items(path: Path) -> tuple[str, list[tuple[str, Path, str]]]:
     return str(path), items
 
 
-def _load_speech(path: Path, checkpoint_dir: Path | None, config, max_length) -> SpeechCTCDataset:
-    from zoo.preprocessing import AudioFeatureExtractor, CTCDecoder
+def load_speech_recognition_ctc(path: str | os.PathLike, *, checkpoint_dir: str | os.PathLike | None, config,
+                                label2id: Mapping[str, int] | None = None,
+                                max_length: int | None = None) -> SpeechCTCDataset:
+    """The ``speech_recognition_ctc`` data at ``path`` (the format in the module docstring).
 
+    config: the checkpoint's zoo config; checkpoint_dir: its directory (``vocab.json``, and
+    ``preprocessor_config.json`` when it has one). max_length: samples per row. label2id:
+    not for CTC (an error when given).
+    """
+    from zoo.preprocessing import audio_feature_extractor_for, ctc_decoder_for
+
+    if label2id is not None:
+        raise ValueError("label2id is for classification tasks, not speech_recognition_ctc")
+    path, checkpoint_dir = _paths(path, checkpoint_dir)
     if getattr(config, "model_type", None) in _TEXT_TYPES | _VISION_TYPES or not hasattr(config, "conv_kernel"):
         raise DataError(f"speech_recognition_ctc needs an audio model; the checkpoint is "
                         f"{getattr(config, 'model_type', type(config).__name__)!r}")
     if checkpoint_dir is None:
         raise DataError("speech_recognition_ctc needs the checkpoint directory (its vocab.json)")
     source, items = _speech_items(path)
-    if (checkpoint_dir / PREPROCESSOR_FILE).is_file():
-        extractor = AudioFeatureExtractor.from_pretrained(checkpoint_dir)
-    else:
-        extractor = AudioFeatureExtractor()
-    decoder = CTCDecoder.from_pretrained(checkpoint_dir)
+    extractor = audio_feature_extractor_for(checkpoint_dir)
+    decoder = ctc_decoder_for(checkpoint_dir)
     vocab_size = getattr(config, "vocab_size", None)
     unk = decoder.unk_token_id
 
@@ -664,7 +672,18 @@ def _fixed_image_size(processor) -> tuple[int, int] | None:
     return size
 
 
-def _load_images(path: Path, checkpoint_dir: Path | None, config, label2id) -> ImageClassificationDataset:
+def load_image_classification(path: str | os.PathLike, *, checkpoint_dir: str | os.PathLike | None, config,
+                              label2id: Mapping[str, int] | None = None,
+                              max_length: int | None = None) -> ImageClassificationDataset:
+    """The ``image_classification`` directory at ``path`` (the format in the module docstring).
+
+    config: the checkpoint's zoo config; checkpoint_dir: its directory (its
+    ``preprocessor_config.json``), or None (the family's processor at the model's image size).
+    label2id: class name -> id. max_length: not for images (an error when given).
+    """
+    if max_length is not None:
+        raise ValueError("max_length is for text and audio; image sizes come from the image processor")
+    path, checkpoint_dir = _paths(path, checkpoint_dir)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such dataset directory")
     if not path.is_dir():
@@ -699,9 +718,9 @@ def _load_images(path: Path, checkpoint_dir: Path | None, config, label2id) -> I
         if not found:
             raise DataError(f"{path / name}: class folder has no images "
                             f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    from zoo.cli import image_processor_for
+    from zoo.preprocessing import image_processor_for
 
-    processor = image_processor_for(checkpoint_dir if checkpoint_dir is not None else Path(os.devnull), config)
+    processor = image_processor_for(checkpoint_dir, config)
     size = _fixed_image_size(processor)
     if size is None:
         raise DataError(f"the image processor ({checkpoint_dir / PREPROCESSOR_FILE if checkpoint_dir else 'default'})"
@@ -717,30 +736,7 @@ def _load_images(path: Path, checkpoint_dir: Path | None, config, label2id) -> I
                                       skipped)
 
 
-# ====================================================================== entry points
-def load_dataset(task: str, path, *, checkpoint_dir, config, label2id: Mapping[str, int] | None = None,
-                 max_length: int | None = None) -> FinetuneDataset:
-    """Read the dataset for ``task`` at ``path`` (formats in the module docstring).
-
-    config: the checkpoint's zoo config; checkpoint_dir: its directory (``tokenizer.json``,
-    ``vocab.json``, ``preprocessor_config.json``), or None. label2id: class name -> id, for
-    the classification tasks. max_length: tokens (text) or samples (audio).
-    """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
-    path = Path(path)
-    checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    if task == "text_classification":
-        return _load_text(path, checkpoint_dir, config, label2id, max_length)
-    if task == "speech_recognition_ctc":
-        if label2id is not None:
-            raise ValueError("label2id is for classification tasks, not speech_recognition_ctc")
-        return _load_speech(path, checkpoint_dir, config, max_length)
-    if max_length is not None:
-        raise ValueError("max_length is for text and audio; image sizes come from the image processor")
-    return _load_images(path, checkpoint_dir, config, label2id)
-
-
+# ====================================================================== batches
 @functools.lru_cache(maxsize=4)
 def _epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
@@ -780,6 +776,10 @@ def batch_indices(num_examples: int, global_batch_size: int, step: int, seed: in
 
 
 # ====================================================================== helpers
+def _paths(path, checkpoint_dir) -> tuple[Path, Path | None]:
+    return Path(path), None if checkpoint_dir is None else Path(checkpoint_dir)
+
+
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """[(1-based line number, object)] of a JSONL file; blank lines skipped."""
     rows = []

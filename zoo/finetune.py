@@ -6,9 +6,9 @@
 
 The recipe's ``task`` picks the head (``...ForSequenceClassification``, ``...ForCTC`` or
 ``...ForImageClassification`` of the checkpoint's family), the loss and the data format
-(:mod:`zoo.data`). Classification labels come from the data: when they are not the
-checkpoint's, the classifier is built for them and initialised (HF's
-``ignore_mismatched_sizes``). The run writes into ``--output``::
+(one table: :data:`zoo.tasks.TASKS`; formats in :mod:`zoo.data`). Classification labels
+come from the data: when they are not the checkpoint's, the classifier is built for them
+and initialised (HF's ``ignore_mismatched_sizes``). The run writes into ``--output``::
 
     recipe.json          the recipe as run (after --set)
     metrics.jsonl        one line per logged step: loss, grad_norm, learning_rate, accuracy,
@@ -35,7 +35,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +43,9 @@ import jax
 import numpy as np
 
 from zoo import distributed, parallel, pretrained, train
+from zoo.tasks import get_task, head_architecture, load_dataset
 
 METRICS_FILE, RECIPE_FILE, CHECKPOINTS_DIR, MODEL_DIR = "metrics.jsonl", "recipe.json", "checkpoints", "model"
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    head: str               # architecture name suffix
-    loss: Callable          # zoo.train loss function
-    unit: str               # what the throughput counts
-
-
-TASKS: dict[str, Task] = {
-    "text_classification": Task("ForSequenceClassification", train.sequence_classification_loss, "tokens"),
-    "speech_recognition_ctc": Task("ForCTC", train.ctc_loss, "audio_seconds"),
-    "image_classification": Task("ForImageClassification", train.image_classification_loss, "images"),
-}
-assert set(TASKS) == set(train.TASKS)
 
 
 @dataclasses.dataclass
@@ -73,18 +59,6 @@ class FinetuneResult:
     end_step: int
     losses: list[float]
     model_dir: Path | None
-
-
-def head_architecture(model_type: str, task: str) -> str:
-    """The architecture of family ``model_type`` that trains ``task``; ValueError if none."""
-    from zoo.registry import get_family
-
-    family = get_family(model_type)
-    names = [a for a in family.architectures if a.endswith(TASKS[task].head)]
-    if not names:
-        raise ValueError(f"{model_type} has no {TASKS[task].head[3:]} head for the task {task!r} (its "
-                         f"architectures: {', '.join(family.architectures)})")
-    return names[0]
 
 
 def apply_overrides(recipe: train.Recipe, overrides: Mapping[str, Any] | None) -> train.Recipe:
@@ -216,15 +190,13 @@ def finetune(recipe: train.Recipe | str | os.PathLike, checkpoint: str | os.Path
     scan_layers: run the encoder layers as one ``nn.scan`` where the model supports it.
     """
     from zoo.checkpoint import Checkpointer, abstract_like
-    from zoo.data import batch_indices, load_dataset
+    from zoo.data import batch_indices
 
     if not isinstance(recipe, train.Recipe):
         recipe = train.Recipe.from_json(recipe)
     recipe = apply_overrides(recipe, overrides)
     task = task or recipe.task
-    if task not in TASKS:
-        raise ValueError(f"no task: set \"task\" in the recipe or pass --task, one of {', '.join(TASKS)}"
-                         if task is None else f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    spec = get_task(task)
     if recipe.task not in (None, task):
         recipe = dataclasses.replace(recipe, task=task)
     end = recipe.total_steps if max_steps is None else max_steps
@@ -244,12 +216,12 @@ def finetune(recipe: train.Recipe | str | os.PathLike, checkpoint: str | os.Path
     mesh = parallel.make_mesh(mesh if mesh else {"data": len(jax.devices())})
     rows = distributed.process_rows(mesh, global_rows)
     kwargs = {"scan_layers": True} if scan_layers else {}
-    model, params, report = pretrained.from_pretrained(source, architecture, config=config, mesh=mesh,
-                                                       ignore_mismatched_sizes=True, return_report=True,
-                                                       rng=recipe.seed, **kwargs)
-    state = train.TrainState.create(model, params, recipe, mesh=mesh)
-    del params
-    step_fn = train.make_train_step(model, recipe, TASKS[task].loss, mesh=mesh)
+    loaded = pretrained.from_pretrained(source, architecture, config=config, mesh=mesh,
+                                        ignore_mismatched_sizes=True, rng=recipe.seed, **kwargs)
+    model, report = loaded.model, loaded.report
+    state = train.TrainState.create(model, loaded.variables, recipe, mesh=mesh)
+    del loaded
+    step_fn = train.make_train_step(model, recipe, spec.loss, mesh=mesh)
 
     if distributed.is_primary():
         output.mkdir(parents=True, exist_ok=True)
@@ -269,8 +241,8 @@ def finetune(recipe: train.Recipe | str | os.PathLike, checkpoint: str | os.Path
             start = int(saved["step"])
             if distributed.is_primary():
                 _say(f"resuming from step {start} in {output / CHECKPOINTS_DIR}")
-        log = _Log(output, start, end, TASKS[task].unit, progress)
-        meter = _Meter(TASKS[task].unit, global_rows / len(dataset))
+        log = _Log(output, start, end, spec.unit, progress)
+        meter = _Meter(spec.unit, global_rows / len(dataset))
         pending = None  # (step, metrics) of the last step, read once the next one is dispatched
         try:
             for step in range(start, end):
@@ -334,19 +306,17 @@ def _check_batch(batch: Mapping[str, np.ndarray], config, task: str) -> None:
 
 
 def _save_model(output: Path, model, state: train.TrainState, source: Path) -> Path | None:
-    """The trained parameters as a zoo directory ``output/model`` (process 0 writes it)."""
-    params = distributed.to_host(state.params)
-    if state.batch_stats is not None:
-        params = {"params": params, "batch_stats": distributed.to_host(state.batch_stats)}
+    """The trained variables as a zoo directory ``output/model`` (process 0 writes it)."""
+    variables = distributed.to_host(state.variables)
     target = output / MODEL_DIR
     if distributed.is_primary():
         if target.exists():
             shutil.rmtree(target)
-        pretrained.save_pretrained(target, model, params)
+        pretrained.save_pretrained(target, model, variables)
         for path in pretrained.auxiliary_files(source):
             shutil.copy2(path, target / path.name)
     distributed.sync("zoo-finetune-model")
     return target
 
 
-__all__ = ["FinetuneResult", "TASKS", "Task", "apply_overrides", "finetune", "head_architecture", "parse_overrides"]
+__all__ = ["FinetuneResult", "apply_overrides", "finetune", "parse_overrides"]
