@@ -16,7 +16,7 @@ A :class:`KeyTable` adds what the rules cannot know: renamed modules, tied weigh
 (aliases), buffers that may be dropped and head parameters that may be freshly
 initialised. The same table runs forwards (import) and backwards (export).
 
-Import is planned before anything is read: :func:`plan_torch_to_flax` gives every Flax
+Import is planned before anything is read: :func:`plan_params` gives every Flax
 path a :class:`TensorSource` (checkpoint key + transpose), from which
 :func:`torch_to_flax` reads whole tensors one at a time and ``zoo.parallel`` reads only
 each device's slice.
@@ -310,60 +310,76 @@ def torch_to_flax(
     Raises :class:`KeyMappingError` on a shape mismatch or a missing parameter that the
     table does not allow to be missing.
     """
-    sources, report = plan_torch_to_flax(keys, table, expected, source=source)
+    sources, report = plan_params(keys, table, expected, source=source)
     return read_sources(get, sources, expected, dtype=dtype, source=source, on_tensor=on_tensor), report
 
 
-def plan_torch_to_flax(
+def plan_params(
     keys: Iterable[str],
     table: KeyTable,
     expected: Mapping[str, tuple[int, ...]],
     *,
+    layout: str = "torch",
     shape_of: Callable[[str], tuple[int, ...]] | None = None,
     source: str = "checkpoint",
     ignore_mismatched_sizes: bool = False,
 ) -> tuple[dict[str, TensorSource], ConversionReport]:
-    """Match checkpoint keys to Flax paths without reading any tensor.
+    """Match checkpoint keys to Flax paths without reading any tensor: the one planner of
+    every conversion and every load.
 
+    layout: ``"torch"`` for PyTorch state-dict keys (``encoder.layer.0.attention...``,
+      converted by the generic rules and ``table``), ``"flax"`` for ``/``-joined Flax paths
+      already in Flax layout (a zoo directory; state under ``batch_stats/...``).
     Returns ``{flax_path: TensorSource}`` (in reading order: checkpoint keys first, then
     tied duplicates standing in for their target) and the report of what happened to
-    every key. With ``shape_of`` (checkpoint key -> shape, from the file headers) every
-    shape is checked here, before anything is read; without it :func:`read_sources`
-    checks each one as it reads it.
+    every key. Either way another head of the family loads the same body: the base-model
+    prefix (``table.base_model_prefix``) is added or removed as the model needs, and the
+    head parameters ``table.init_if_missing`` allows are left to be initialised
+    (``report.missing``). With ``shape_of`` (checkpoint key -> shape, from the file
+    headers) every shape is checked here, before anything is read; without it
+    :func:`read_sources` checks each one as it reads it.
     Raises :class:`KeyMappingError` when two keys map to one parameter, on a shape
     mismatch, or when a parameter the table does not allow to be missing is absent.
     ``ignore_mismatched_sizes`` (needs ``shape_of``; HF's flag of that name): a key whose
     shape does not fit is dropped instead (``report.mismatched``) and its parameter
     initialised (``report.missing``), e.g. a classifier for another number of labels.
     """
+    if layout not in ("torch", "flax"):
+        raise ValueError(f"layout must be 'torch' or 'flax', not {layout!r}")
     if ignore_mismatched_sizes and shape_of is None:
         raise ValueError("ignore_mismatched_sizes needs shape_of (the checkpoint's shapes)")
+    torch_layout = layout == "torch"
+    sep = "." if torch_layout else "/"
     keys = list(keys)
     report = ConversionReport()
-    prefix = table.base_model_prefix
-    expects_prefix = any(p.startswith(prefix + "/") for p in expected)
-    has_prefix = any(k.startswith(prefix + ".") for k in keys)
+    prefix = table.base_model_prefix + sep
 
-    def head_frame(key: str) -> str | None:
-        """The key as the target model names it (None: belongs to an absent head)."""
-        if expects_prefix and not has_prefix:
-            return f"{prefix}.{key}"
-        if not expects_prefix and has_prefix:
-            return key[len(prefix) + 1:] if key.startswith(prefix + ".") else None
-        return key
+    def body_part(key: str) -> tuple[str, str]:
+        """(collection part, rest): Flax state paths keep their collection in front."""
+        head, _, rest = key.partition("/")
+        return (head + "/", rest) if not torch_layout and head == BATCH_STATS else ("", key)
 
+    expects_prefix = any(p.startswith(table.base_model_prefix + "/") for p in expected)
+    has_prefix = any(body_part(k)[1].startswith(prefix) for k in keys)
     if expects_prefix != has_prefix and keys:
         report.prefix = "added" if expects_prefix else "removed"
 
+    def head_frame(key: str) -> str | None:
+        """The key as the target model names it (None: belongs to an absent head)."""
+        collection, rest = body_part(key)
+        if expects_prefix and not has_prefix:
+            return collection + prefix + rest
+        if has_prefix and not expects_prefix:
+            return collection + rest[len(prefix):] if rest.startswith(prefix) else None
+        return key
+
     def frame_alias(key: str) -> str:
-        if expects_prefix or not key.startswith(prefix + "."):
-            return key
-        return key[len(prefix) + 1:]
+        return key if expects_prefix or not key.startswith(prefix) else key[len(prefix):]
 
     mismatched: set[str] = set()
 
     def make_source(key: str, path: str) -> TensorSource | None:
-        src = TensorSource(key, path)
+        src = TensorSource(key, path, torch_layout=torch_layout)
         if shape_of is not None:
             shape = src.flax_shape(tuple(shape_of(key)))
             if ignore_mismatched_sizes and shape != tuple(expected[path]):
@@ -373,13 +389,13 @@ def plan_torch_to_flax(
             check_shape(src, shape, expected, source)
         return src
 
-    aliases = {frame_alias(a): frame_alias(b) for a, b in table.aliases}
-    ignore = [re.compile(p) for p in table.ignore_unused]
+    aliases = {frame_alias(a): frame_alias(b) for a, b in table.aliases} if torch_layout else {}
+    ignore = [re.compile(p) for p in table.ignore_unused] if torch_layout else []
     sources: dict[str, TensorSource] = {}
     alias_sources: dict[str, str] = {}
     for key in keys:
         framed = head_frame(key)
-        path = torch_to_flax_path(framed, table, expected) if framed is not None else None
+        path = framed if framed is None or not torch_layout else torch_to_flax_path(framed, table, expected)
         if path is not None and path in expected:
             if path in sources:
                 raise KeyMappingError(f"{source}: keys {sources[path].key!r} and {key!r} both map to {path}")
@@ -395,6 +411,7 @@ def plan_torch_to_flax(
             report.unused.append(key)
 
     allowed = [re.compile(p) for p in table.init_if_missing]
+    name = (lambda p: flax_to_torch_key(p, table)) if torch_layout else (lambda p: p)
     for path in expected:
         if path in sources:
             continue
@@ -413,7 +430,7 @@ def plan_torch_to_flax(
                        and not any(a.search(p) for a in allowed)]
             raise KeyMappingError(
                 f"{source}: {len(missing)} parameters missing from the checkpoint "
-                f"(wrong family or architecture?): {', '.join(flax_to_torch_key(p, table) for p in missing[:8])}"
+                f"(wrong family or architecture?): {', '.join(name(p) for p in missing[:8])}"
                 + (" ..." if len(missing) > 8 else "")
             )
     return sources, report

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import jax.numpy as jnp
 
-from converters.mapping import torch_to_flax
-from zoo.pretrained import build_model, pack_variables, param_shapes
-from zoo.registry import get_family
+import zoo
 
 ATOL = 1e-5
 
 
-def to_zoo(hf_model, architecture: str | None = None, **module_kwargs):
-    """(module, params) equal to ``hf_model``, converted through the family's key table
-    (params: the variables dict for models with batch statistics)."""
-    family = get_family(hf_model.config.model_type)
-    config = family.config_class.from_dict(hf_model.config.to_dict())
-    module = build_model(config, architecture or type(hf_model).__name__, **module_kwargs)
+def to_zoo(hf_model, architecture: str | None = None, **module_kwargs) -> zoo.Loaded:
+    """``(module, variables)`` equal to ``hf_model``, converted through the family's key table
+    by :func:`zoo.from_state_dict` (every key used, nothing initialised)."""
     state = {k: v.detach().cpu().numpy() for k, v in hf_model.state_dict().items()}
-    flat, report = torch_to_flax(state.keys(), state.__getitem__, family.key_table, param_shapes(module))
-    assert not report.unused and not report.missing, report.summary()
-    return module, pack_variables({k: jnp.asarray(v) for k, v in flat.items()})
+    loaded = zoo.from_state_dict(state, hf_model.config.to_dict(), architecture or type(hf_model).__name__,
+                                 **module_kwargs)
+    assert not loaded.report.unused and not loaded.report.missing, loaded.report.summary()
+    return loaded
 
 
 def max_diff(a, b) -> float:

@@ -68,7 +68,7 @@ def run_both(hf_model, inputs, **flags):
         ref = hf_model(**torch_inputs(inputs), **flags)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        got = module.apply({"params": params}, **inputs, **flags)
+        got = module.apply(params, **inputs, **flags)
     return got, ref
 
 
@@ -100,7 +100,7 @@ def test_short_sequence_falls_back_to_full_attention():
     inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=tt)
     module, params = to_zoo(hf)
     with pytest.warns(UserWarning, match="uses full attention"):
-        got = module.apply({"params": params}, **inputs, **FLAGS)
+        got = module.apply(params, **inputs, **FLAGS)
     with torch.no_grad():
         ref = hf(**torch_inputs(inputs), output_hidden_states=True)
     assert hf.attention_type == "original_full"  # HF switched
@@ -228,9 +228,9 @@ def test_causal_lm_kv_cache_step_by_step_equals_full_forward():
     ids, _, _ = make_inputs(12, batch=2, seed=16, pad=())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        full = module.apply({"params": params}, input_ids=ids)
+        full = module.apply(params, input_ids=ids)
         step = jax.jit(lambda p, tok, cache: module.apply(
-            {"params": p}, input_ids=tok, past_key_values=cache, use_cache=True))
+            p, input_ids=tok, past_key_values=cache, use_cache=True))
         cache = module.init_cache(2, 12)
         o = step(params, ids[:, :5], cache)
         logits, cache = [o.logits], o.past_key_values
@@ -264,7 +264,7 @@ def test_unsupported_config_values_are_named():
 
 # ------------------------------------------------------------------------- training mode
 def _train_apply(module, params, inputs, rng, **kw):
-    return module.apply({"params": params}, **inputs, deterministic=False,
+    return module.apply(params, **inputs, deterministic=False,
                         rngs={"dropout": jax.random.key(0), "random_blocks": rng}, **kw)
 
 
@@ -275,7 +275,7 @@ def test_random_attention_is_active_in_training_at_every_length(length):
     module, params = to_zoo(hf)
     ids, mask, _ = make_inputs(length, batch=2, seed=17)
     inputs = dict(input_ids=ids, attention_mask=mask)
-    evaluation = module.apply({"params": params}, **inputs).last_hidden_state
+    evaluation = module.apply(params, **inputs).last_hidden_state
     a = _train_apply(module, params, inputs, jax.random.key(1)).last_hidden_state
     b = _train_apply(module, params, inputs, jax.random.key(2)).last_hidden_state
     again = _train_apply(module, params, inputs, jax.random.key(1)).last_hidden_state
@@ -300,9 +300,9 @@ def test_inference_random_seed_gives_a_fixed_plan():
     plain, _ = to_zoo(hf)
     ids, mask, _ = make_inputs(96, batch=2, seed=19)
     inputs = dict(input_ids=ids, attention_mask=mask)
-    a = module.apply({"params": params}, **inputs).last_hidden_state
-    b = module.apply({"params": params}, **inputs).last_hidden_state
-    zero_plan = plain.apply({"params": params}, **inputs).last_hidden_state
+    a = module.apply(params, **inputs).last_hidden_state
+    b = module.apply(params, **inputs).last_hidden_state
+    zero_plan = plain.apply(params, **inputs).last_hidden_state
     assert max_diff(a, b) == 0.0
     assert max_diff(a, zero_plan) > 1e-3
 
@@ -314,7 +314,7 @@ def test_training_gradients_are_finite():
     labels = np.array([0, 2, 1])
 
     def loss_fn(p, rng):
-        return module.apply({"params": p}, input_ids=ids, attention_mask=mask, labels=labels,
+        return module.apply(p, input_ids=ids, attention_mask=mask, labels=labels,
                             deterministic=False, rngs={"dropout": rng, "random_blocks": rng}).loss
 
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, jax.random.key(0))
@@ -329,8 +329,8 @@ def test_jit_matches_eager_block_sparse():
     hf = build(transformers.BigBirdForMaskedLM)
     module, params = to_zoo(hf)
     ids, mask, _ = make_inputs(77, seed=21)
-    eager = module.apply({"params": params}, input_ids=ids, attention_mask=mask)
-    jitted = jax.jit(lambda p, i, m: module.apply({"params": p}, input_ids=i, attention_mask=m))(params, ids, mask)
+    eager = module.apply(params, input_ids=ids, attention_mask=mask)
+    jitted = jax.jit(lambda p, i, m: module.apply(p, input_ids=i, attention_mask=m))(params, ids, mask)
     assert max_diff(jitted.logits, eager.logits) <= 1e-6
 
 
@@ -356,7 +356,7 @@ def test_checkpoint_round_trip_is_bit_exact(hf_cls, tmp_path):
     got, ref = run_both(hf, dict(input_ids=ids, attention_mask=mask))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loaded = module.apply({"params": params}, input_ids=ids, attention_mask=mask)
+        loaded = module.apply(params, input_ids=ids, attention_mask=mask)
     assert_outputs_match(loaded, ref)
 
 
@@ -365,7 +365,8 @@ def test_pretrained_body_into_classifier_initialises_only_the_head(tmp_path):
 
     hf = build(transformers.BigBirdForMaskedLM)
     hf.save_pretrained(tmp_path)
-    module, params, report = zoo.from_pretrained(tmp_path, "BigBirdForSequenceClassification", return_report=True)
+    module, params = loaded = zoo.from_pretrained(tmp_path, "BigBirdForSequenceClassification")
+    report = loaded.report
     assert report.missing and all(p.startswith("classifier/") for p in report.missing)
     assert any(k.startswith("cls.") for k in report.unused)
 
@@ -375,4 +376,4 @@ def test_training_without_random_blocks_rng_names_the_stream():
     module, params = to_zoo(hf)
     ids, _, _ = make_inputs(96, batch=1, seed=23, pad=())
     with pytest.raises(ValueError, match="random_blocks"):
-        module.apply({"params": params}, input_ids=ids, deterministic=False, rngs={"dropout": jax.random.key(0)})
+        module.apply(params, input_ids=ids, deterministic=False, rngs={"dropout": jax.random.key(0)})

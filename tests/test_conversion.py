@@ -19,7 +19,7 @@ import zoo
 from converters.errors import CheckpointError, CheckpointNotFoundError, KeyMappingError
 from hf_parity import assert_outputs_match, max_diff
 from zoo.config import UnsupportedConfigError
-from zoo.pretrained import flatten
+from zoo.tree import flatten
 from zoo.registry import UnsupportedModelError
 
 
@@ -68,7 +68,8 @@ def inputs():
 
 @pytest.mark.parametrize("fmt", ["st", "st_sharded", "bin", "bin_sharded"])
 def test_every_format_converts_to_the_same_model(checkpoints, hf_mlm, fmt):
-    module, params, report = zoo.from_pretrained(checkpoints / fmt, return_report=True)
+    module, params = loaded = zoo.from_pretrained(checkpoints / fmt)
+    report = loaded.report
     assert type(module).__name__ == "Data2VecTextForMaskedLM"
     assert not report.unused and not report.missing
     if fmt.startswith("bin"):  # torch.save keeps the tied decoder weight and bias
@@ -77,7 +78,7 @@ def test_every_format_converts_to_the_same_model(checkpoints, hf_mlm, fmt):
     with torch.no_grad():
         ref = hf_mlm(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                      output_hidden_states=True)
-    got = module.apply({"params": params}, input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    got = module.apply(params, input_ids=ids, attention_mask=mask, output_hidden_states=True)
     assert_outputs_match(got, ref)
 
 
@@ -87,12 +88,12 @@ def test_bfloat16_checkpoint_kept_bit_exact(hf_mlm, tmp_path):
     bf16 = bf16.to(torch.bfloat16)
     bf16.save_pretrained(tmp_path / "bf16")
     _, params = zoo.from_pretrained(tmp_path / "bf16", param_dtype="bfloat16")
-    kernel = params["data2vec_text"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
+    kernel = params["params"]["data2vec_text"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
     assert kernel.dtype == jnp.bfloat16
     want = bf16.data2vec_text.encoder.layer[0].attention.self.query.weight.detach().T.contiguous()
     assert np.array_equal(np.asarray(kernel).view(np.uint16), want.view(torch.int16).numpy().view(np.uint16))
     _, params32 = zoo.from_pretrained(tmp_path / "bf16", param_dtype="float32")
-    k32 = params32["data2vec_text"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
+    k32 = params32["params"]["data2vec_text"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
     assert np.array_equal(np.asarray(k32), want.float().numpy())
 
 
@@ -117,23 +118,24 @@ def test_tied_bias_only_under_its_alias(hf_mlm, tmp_path):
     hf_mlm.config.save_pretrained(tmp_path)
     torch.save(state, tmp_path / "pytorch_model.bin")
     _, params = zoo.from_pretrained(tmp_path)
-    assert np.array_equal(np.asarray(params["lm_head"]["bias"]), hf_mlm.lm_head.bias.detach().numpy())
+    assert np.array_equal(np.asarray(params["params"]["lm_head"]["bias"]), hf_mlm.lm_head.bias.detach().numpy())
 
 
 def test_bare_checkpoint_into_head_initialises_only_the_head(tmp_path):
     torch.manual_seed(1)
     bare = transformers.Data2VecTextModel(tiny_config())
     bare.save_pretrained(tmp_path)
-    module, params, report = zoo.from_pretrained(tmp_path, "Data2VecTextForSequenceClassification",
-                                                 return_report=True)
+    module, params = loaded = zoo.from_pretrained(tmp_path, "Data2VecTextForSequenceClassification")
+    report = loaded.report
     assert report.prefix == "added"
     assert report.missing and all(p.startswith("classifier/") for p in report.missing)
-    got = params["data2vec_text"]["embeddings"]["word_embeddings"]["embedding"]
+    got = params["params"]["data2vec_text"]["embeddings"]["word_embeddings"]["embedding"]
     assert np.array_equal(np.asarray(got), bare.embeddings.word_embeddings.weight.detach().numpy())
 
 
 def test_head_checkpoint_into_bare_model(checkpoints):
-    module, params, report = zoo.from_pretrained(checkpoints / "st", "Data2VecTextModel", return_report=True)
+    module, params = loaded = zoo.from_pretrained(checkpoints / "st", "Data2VecTextModel")
+    report = loaded.report
     assert report.prefix == "removed"
     assert any(k.startswith("lm_head.") for k in report.unused)
     assert report.missing == ["pooler/dense/kernel", "pooler/dense/bias"] or sorted(report.missing) == sorted(
@@ -214,7 +216,7 @@ def test_truncated_and_missing_files(checkpoints, tmp_path):
 
 def test_bad_inputs_get_clear_errors(checkpoints):
     module, params = zoo.from_pretrained(checkpoints / "st")
-    apply = lambda **kw: module.apply({"params": params}, **kw)
+    apply = lambda **kw: module.apply(params, **kw)
     with pytest.raises(ValueError, match="input_ids must be an integer array of rank 2"):
         apply(input_ids=np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="input_ids must be an integer array of rank 2"):
@@ -272,7 +274,7 @@ def test_logical_axis_names_on_every_parameter():
     single number, e.g. a scalar gate, has nothing to shard)."""
     import math
 
-    from zoo.pretrained import logical_axes, param_shapes
+    from zoo.initialization import logical_axes, param_shapes
 
     for name, module in tiny_architectures():
         specs = flatten(logical_axes(module))

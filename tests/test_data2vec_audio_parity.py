@@ -53,7 +53,7 @@ def compare(hf, inputs, **flags):
     module, params = to_zoo(hf)
     with torch.no_grad():
         ref = hf(**torch_inputs(inputs), **flags)
-    got = module.apply({"params": params}, **inputs, **flags)
+    got = module.apply(params, **inputs, **flags)
     diffs = assert_outputs_match(got, ref, skip=("past_key_values", "loss"))
     if getattr(ref, "loss", None) is not None:
         # Justified exception: a CTC loss summed over a batch is ~400 here, where one fp32 ulp
@@ -153,7 +153,7 @@ def test_mask_time_indices_replace_frames_in_eval():
     time_mask[:, 10:20] = True
     diffs, got, _ = compare(hf, dict(input_values=x, attention_mask=mask, mask_time_indices=time_mask), **FLAGS)
     module, params = to_zoo(hf)
-    plain = module.apply({"params": params}, input_values=x, attention_mask=mask)
+    plain = module.apply(params, input_values=x, attention_mask=mask)
     assert max_diff(plain.last_hidden_state, np.asarray(got.last_hidden_state)) > 1e-3
 
 
@@ -170,7 +170,7 @@ def test_layer_norm_and_group_norm_feature_encoders_match_wav2vec2():
         state = {k: v.detach().numpy() for k, v in ref_module.state_dict().items()}
         module = audio.FeatureEncoder(cfg)
         params = _convert(module, state, dict(input_values=jnp.asarray(x)))
-        got = module.apply({"params": params}, jnp.asarray(x))
+        got = module.apply(params, jnp.asarray(x))
         with torch.no_grad():
             ref = ref_module(torch.from_numpy(x)).transpose(1, 2)
         assert max_diff(got, ref) <= 1e-5, norm
@@ -193,18 +193,18 @@ def test_weight_norm_positional_conv_matches_wav2vec2():
         ref = ref_module(torch.from_numpy(hidden))
     for spelling in (state, old_spelling):
         params = _convert(module, spelling, dict(x=jnp.asarray(hidden)))
-        assert max_diff(module.apply({"params": params}, jnp.asarray(hidden)), ref) <= 1e-5
+        assert max_diff(module.apply(params, jnp.asarray(hidden)), ref) <= 1e-5
 
 
 def _convert(module, state, inputs):
     from converters.mapping import KeyTable, torch_to_flax
-    from zoo.pretrained import flatten, unflatten
+    from zoo.tree import flatten, unflatten
 
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), **inputs))
     expected = {p: v.shape for p, v in flatten(__import__("flax").linen.unbox(shapes)["params"]).items()}
     flat, report = torch_to_flax(state.keys(), state.__getitem__, KeyTable(base_model_prefix="none"), expected)
     assert not report.unused and not report.missing, report.summary()
-    return unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+    return {"params": unflatten({k: jnp.asarray(v) for k, v in flat.items()})}
 
 
 # ------------------------------------------------------------------------ training mode
@@ -216,7 +216,7 @@ def test_training_mode_is_stochastic_and_differentiable():
     labels = np.random.RandomState(8).randint(1, 12, (3, 6))
 
     def loss_fn(p, key):
-        return module.apply({"params": p}, input_values=x, attention_mask=mask, labels=labels,
+        return module.apply(p, input_values=x, attention_mask=mask, labels=labels,
                             deterministic=False, rngs={"dropout": key}).loss
 
     step = jax.jit(jax.value_and_grad(loss_fn))
@@ -224,7 +224,7 @@ def test_training_mode_is_stochastic_and_differentiable():
     l2, _ = step(params, jax.random.key(1))
     assert float(l1) != float(l2)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree_util.tree_leaves(grads))
-    assert float(jnp.abs(grads["lm_head"]["kernel"]).sum()) > 0
+    assert float(jnp.abs(grads["params"]["lm_head"]["kernel"]).sum()) > 0
 
 
 def test_freeze_feature_encoder_flag_and_optax_mask():
@@ -237,22 +237,23 @@ def test_freeze_feature_encoder_flag_and_optax_mask():
     frozen_module, _ = to_zoo(hf, freeze_feature_encoder=True)
 
     def grads_of(m):
-        loss = lambda p: m.apply({"params": p}, input_values=x, attention_mask=mask, labels=labels).loss
+        loss = lambda p: m.apply(p, input_values=x, attention_mask=mask, labels=labels).loss
         return jax.jit(jax.grad(loss))(params)
 
-    g = grads_of(frozen_module)["data2vec_audio"]
+    g = grads_of(frozen_module)["params"]["data2vec_audio"]
     assert all(float(jnp.abs(v).sum()) == 0 for v in jax.tree_util.tree_leaves(g["feature_extractor"]))
     assert float(jnp.abs(g["feature_projection"]["projection"]["kernel"]).sum()) > 0
 
     # The optax way: frozen parameters get no update at all (not even weight decay).
-    tx = freeze(optax.adamw(1e-2, weight_decay=0.1), params, ["data2vec_audio/feature_extractor/"])
-    state = tx.init(params)
-    updates, _ = tx.update(grads_of(module), state, params)
-    new = optax.apply_updates(params, updates)
-    fe_old = jax.tree_util.tree_leaves(params["data2vec_audio"]["feature_extractor"])
+    weights = params["params"]  # the optimizer's tree
+    tx = freeze(optax.adamw(1e-2, weight_decay=0.1), weights, ["data2vec_audio/feature_extractor/"])
+    state = tx.init(weights)
+    updates, _ = tx.update(grads_of(module)["params"], state, weights)
+    new = optax.apply_updates(weights, updates)
+    fe_old = jax.tree_util.tree_leaves(weights["data2vec_audio"]["feature_extractor"])
     fe_new = jax.tree_util.tree_leaves(new["data2vec_audio"]["feature_extractor"])
     assert all(bool(jnp.array_equal(a, b)) for a, b in zip(fe_old, fe_new))
-    assert not bool(jnp.array_equal(new["lm_head"]["kernel"], params["lm_head"]["kernel"]))
+    assert not bool(jnp.array_equal(new["lm_head"]["kernel"], weights["lm_head"]["kernel"]))
 
 
 def test_sequence_classification_rejects_adapter():
@@ -290,4 +291,4 @@ def test_feed_forward_matches_hf():
     params = _convert(module, state, dict(x=jnp.asarray(hidden)))
     with torch.no_grad():
         ref = ref_module(torch.from_numpy(hidden))
-    assert max_diff(module.apply({"params": params}, jnp.asarray(hidden)), ref) <= 1e-5
+    assert max_diff(module.apply(params, jnp.asarray(hidden)), ref) <= 1e-5

@@ -47,7 +47,7 @@ def run_both(hf_model, inputs, **flags):
     module, params = to_zoo(hf_model)
     with torch.no_grad():
         ref = hf_model(**torch_inputs(inputs), **flags)
-    got = module.apply({"params": params}, **inputs, **flags)
+    got = module.apply(params, **inputs, **flags)
     return got, ref
 
 
@@ -62,7 +62,7 @@ def test_model(pooling):
     module, params = to_zoo(hf, add_pooling_layer=pooling)
     with torch.no_grad():
         ref = hf(**torch_inputs(dict(input_ids=ids, attention_mask=mask, token_type_ids=tt)), **FLAGS)
-    got = module.apply({"params": params}, input_ids=ids, attention_mask=mask, token_type_ids=tt, **FLAGS)
+    got = module.apply(params, input_ids=ids, attention_mask=mask, token_type_ids=tt, **FLAGS)
     diffs = assert_outputs_match(got, ref)
     assert ("pooler_output" in diffs) == pooling
     assert len(got.hidden_states) == 3 and len(got.attentions) == 2
@@ -139,13 +139,13 @@ def test_inputs_embeds_and_explicit_position_ids():
     embeds = np.random.RandomState(10).randn(2, 6, 32).astype(np.float32)
     with torch.no_grad():
         ref = hf(inputs_embeds=torch.from_numpy(embeds), **FLAGS)
-    got = module.apply({"params": params}, inputs_embeds=embeds, **FLAGS)
+    got = module.apply(params, inputs_embeds=embeds, **FLAGS)
     assert_outputs_match(got, ref)
     ids, mask, _ = make_inputs(11, batch=2)
     pos = np.arange(L)[None].repeat(2, 0) + 5
     with torch.no_grad():
         ref = hf(input_ids=torch.from_numpy(ids), position_ids=torch.from_numpy(pos))
-    got = module.apply({"params": params}, input_ids=ids, position_ids=pos)
+    got = module.apply(params, input_ids=ids, position_ids=pos)
     assert_outputs_match(got, ref)
 
 
@@ -200,13 +200,13 @@ def test_relative_position_embeddings(kind, hf_cls):
     with torch.no_grad():
         hf.data2vec_text.embeddings.position_embeddings.weight.zero_()
     module, params = to_zoo(hf)
-    table = params["data2vec_text"]["embeddings"]["position_embeddings"]
+    table = params["params"]["data2vec_text"]["embeddings"]["position_embeddings"]
     table["embedding"] = jax.random.normal(jax.random.key(0), table["embedding"].shape)
     ids, mask, tt = make_inputs(12)
     inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=tt, labels=ids)
     with torch.no_grad():
         ref = hf(**torch_inputs(inputs), **FLAGS)
-    assert_outputs_match(module.apply({"params": params}, **inputs, **FLAGS), ref)
+    assert_outputs_match(module.apply(params, **inputs, **FLAGS), ref)
 
 
 def test_head_mask():
@@ -217,7 +217,7 @@ def test_head_mask():
     with torch.no_grad():
         ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                  head_mask=torch.from_numpy(head_mask), **FLAGS)
-    got = module.apply({"params": params}, input_ids=ids, attention_mask=mask, head_mask=head_mask, **FLAGS)
+    got = module.apply(params, input_ids=ids, attention_mask=mask, head_mask=head_mask, **FLAGS)
     assert_outputs_match(got, ref)
     assert float(jnp.abs(got.attentions[0][:, 1]).max()) == 0.0
 
@@ -256,10 +256,10 @@ def test_kv_cache_step_by_step_equals_full_forward(kind):
     module, params = to_zoo(hf)
     ids, _, _ = make_inputs(17, batch=2, pad_rows=False)
     enc = np.random.RandomState(18).randn(2, 4, 32).astype(np.float32)
-    full = module.apply({"params": params}, input_ids=ids, encoder_hidden_states=enc)
+    full = module.apply(params, input_ids=ids, encoder_hidden_states=enc)
 
     step = jax.jit(lambda p, tok, cache: module.apply(
-        {"params": p}, input_ids=tok, encoder_hidden_states=enc, past_key_values=cache, use_cache=True))
+        p, input_ids=tok, encoder_hidden_states=enc, past_key_values=cache, use_cache=True))
     cache = module.init_cache(2, L)
     prefix = 4  # prefill several tokens at once, then one token at a time
     o = step(params, ids[:, :prefix], cache)
@@ -284,7 +284,7 @@ def test_use_cache_returns_cache_like_hf():
     ids, _, _ = make_inputs(19, batch=2, pad_rows=False)
     with torch.no_grad():
         ref = hf(input_ids=torch.from_numpy(ids), use_cache=True)
-    got = module.apply({"params": params}, input_ids=ids, use_cache=True)
+    got = module.apply(params, input_ids=ids, use_cache=True)
     for layer in range(2):
         ref_k = ref.past_key_values.layers[layer].keys.numpy()  # [B, H, L, D]
         assert max_diff(jnp.swapaxes(got.past_key_values.keys[layer], 1, 2), ref_k) <= 1e-5
@@ -297,7 +297,7 @@ def test_training_mode_dropout_and_finite_gradients():
     labels = np.array([0, 2, 1])
 
     def loss_fn(p, rng):
-        return module.apply({"params": p}, input_ids=ids, attention_mask=mask, labels=labels,
+        return module.apply(p, input_ids=ids, attention_mask=mask, labels=labels,
                             deterministic=False, rngs={"dropout": rng}).loss
 
     l1, grads = jax.value_and_grad(loss_fn)(params, jax.random.key(0))
@@ -306,7 +306,7 @@ def test_training_mode_dropout_and_finite_gradients():
     leaves = jax.tree_util.tree_leaves(grads)
     assert all(bool(jnp.isfinite(g).all()) for g in leaves)
     assert sum(float(jnp.abs(g).sum()) > 0 for g in leaves) == len(leaves)
-    eval_loss = module.apply({"params": params}, input_ids=ids, attention_mask=mask, labels=labels).loss
+    eval_loss = module.apply(params, input_ids=ids, attention_mask=mask, labels=labels).loss
     with torch.no_grad():
         ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                  labels=torch.from_numpy(labels)).loss
@@ -317,6 +317,6 @@ def test_jit_matches_eager():
     hf = build(transformers.Data2VecTextForMaskedLM)
     module, params = to_zoo(hf)
     ids, mask, _ = make_inputs(21)
-    eager = module.apply({"params": params}, input_ids=ids, attention_mask=mask)
-    jitted = jax.jit(lambda p, i, m: module.apply({"params": p}, input_ids=i, attention_mask=m))(params, ids, mask)
+    eager = module.apply(params, input_ids=ids, attention_mask=mask)
+    jitted = jax.jit(lambda p, i, m: module.apply(p, input_ids=i, attention_mask=m))(params, ids, mask)
     assert max_diff(jitted.logits, eager.logits) <= 1e-6

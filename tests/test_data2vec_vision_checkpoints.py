@@ -29,7 +29,8 @@ def hf_segmenter(tmp_path, name="hf-seg", **overrides):
 def test_segmentation_checkpoint_round_trip_is_bit_exact(tmp_path):
     """PyTorch -> zoo (params + batch_stats) -> zoo directory -> PyTorch: every tensor identical."""
     hf, src = hf_segmenter(tmp_path)
-    module, variables, report = pretrained.from_pretrained(src, return_report=True)
+    module, variables = loaded = pretrained.from_pretrained(src)
+    report = loaded.report
     assert set(variables) == {"params", "batch_stats"}
     assert report.summary() == "all keys matched"
     x = images()
@@ -51,14 +52,14 @@ def test_segmentation_checkpoint_round_trip_is_bit_exact(tmp_path):
 def test_head_checkpoint_loads_into_classifier_with_fresh_head(tmp_path):
     """A segmentation checkpoint's encoder feeds an image classifier (fresh pooler + classifier)."""
     hf, src = hf_segmenter(tmp_path)
-    module, params, report = pretrained.from_pretrained(src, "Data2VecVisionForImageClassification",
-                                                        return_report=True)
-    assert not pretrained.is_variables(params)
+    module, params = loaded = pretrained.from_pretrained(src, "Data2VecVisionForImageClassification")
+    report = loaded.report
+    assert set(params) == {"params"}
     assert sorted(report.missing) == ["classifier/bias", "classifier/kernel", "data2vec_vision/pooler/layernorm/bias",
                                       "data2vec_vision/pooler/layernorm/scale"]
     assert any("decode_head" in k for k in report.unused)
     np.testing.assert_array_equal(
-        np.asarray(params["data2vec_vision"]["encoder"]["layer_0"]["lambda_1"]),
+        np.asarray(params["params"]["data2vec_vision"]["encoder"]["layer_0"]["lambda_1"]),
         hf.data2vec_vision.encoder.layer[0].lambda_1.detach().numpy())
 
 

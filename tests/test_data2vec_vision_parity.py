@@ -19,7 +19,7 @@ from hf_parity import assert_outputs_match, max_diff, to_zoo
 from zoo.config import UnsupportedConfigError
 from zoo.models.data2vec_vision import Data2VecVisionConfig
 from zoo.outputs import BaseModelOutputWithPooling, ImageClassifierOutput, SemanticSegmenterOutput
-from zoo.pretrained import as_variables, is_variables
+
 
 transformers.logging.set_verbosity_error()
 FLAGS = dict(output_hidden_states=True, output_attentions=True)
@@ -65,7 +65,7 @@ def run(hf, x, jit=True, module_kwargs=None, **kwargs):
     """(zoo output, HF output) on the same inputs."""
     module, params = to_zoo(hf, **(module_kwargs or {}))
     zoo_kwargs = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
-    fn = lambda p, x: module.apply(as_variables(p), x, **zoo_kwargs)
+    fn = lambda p, x: module.apply(p, x, **zoo_kwargs)
     got = (jax.jit(fn) if jit else fn)(params, jnp.asarray(x))
     torch_kwargs = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
     with torch.no_grad():
@@ -218,15 +218,15 @@ def test_drop_path_uses_its_own_rng_stream():
     hf = build(transformers.Data2VecVisionForImageClassification, drop_path_rate=0.5)
     module, params = to_zoo(hf)
     x = jnp.asarray(images(batch=4))
-    train = jax.jit(lambda p, key: module.apply({"params": p}, x, deterministic=False,
+    train = jax.jit(lambda p, key: module.apply(p, x, deterministic=False,
                                                 rngs={"dropout": jax.random.key(0), "drop_path": key}).logits)
     apply = lambda seed: train(params, jax.random.key(seed))
     a, b, a2 = apply(1), apply(2), apply(1)
-    eval_logits = jax.jit(lambda p: module.apply({"params": p}, x).logits)(params)
+    eval_logits = jax.jit(lambda p: module.apply(p, x).logits)(params)
     assert np.array_equal(np.asarray(a), np.asarray(a2))
     assert max_diff(a, np.asarray(b)) > 1e-4 and max_diff(a, np.asarray(eval_logits)) > 1e-4
     with pytest.raises(Exception, match="drop_path"):
-        module.apply({"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+        module.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
 
 
 def test_drop_path_statistics_match_torch():
@@ -272,9 +272,10 @@ def test_clear_errors():
         module.apply(variables, jnp.zeros((1, 3, IMAGE, IMAGE)), labels=jnp.zeros((1, IMAGE), jnp.int32))
     bare, params = to_zoo(build(transformers.Data2VecVisionModel))
     with pytest.raises(ValueError, match="use_mask_token"):
-        bare.apply({"params": params}, jnp.zeros((1, 3, IMAGE, IMAGE)), bool_masked_pos=jnp.zeros((1, 64), bool))
+        bare.apply(params, jnp.zeros((1, 3, IMAGE, IMAGE)), bool_masked_pos=jnp.zeros((1, 64), bool))
     cfg = Data2VecVisionConfig.from_dict(hf_config().to_dict())
-    from zoo.pretrained import build_model, init_params
+    from zoo.initialization import init_params
+    from zoo.pretrained import build_model
 
     with pytest.raises(ValueError, match="out_indices"):
         init_params(build_model(cfg.replace(out_indices=(1, 2, 3)), "Data2VecVisionForSemanticSegmentation"))
@@ -288,13 +289,14 @@ def test_clear_errors():
 
 
 def test_init_params_has_batch_stats_only_for_segmentation():
-    from zoo.pretrained import build_model, init_params, param_shapes
+    from zoo.initialization import init_params, param_shapes
+    from zoo.pretrained import build_model
 
     cfg = Data2VecVisionConfig.from_dict(hf_config().to_dict())
     seg = init_params(build_model(cfg, "Data2VecVisionForSemanticSegmentation"))
-    assert is_variables(seg) and set(seg) == {"params", "batch_stats"}
+    assert set(seg) == {"params", "batch_stats"}
     cls = init_params(build_model(cfg, "Data2VecVisionForImageClassification"))
-    assert not is_variables(cls) and "data2vec_vision" in cls
+    assert set(cls) == {"params"} and "data2vec_vision" in cls["params"]
     shapes = param_shapes(build_model(cfg, "Data2VecVisionForSemanticSegmentation"))
     assert shapes["batch_stats/decode_head/psp_bottleneck/normalization/var"] == (32,)
     assert "data2vec_vision/encoder/layer_0/attention/attention/key/bias" not in shapes
@@ -311,8 +313,8 @@ def test_bfloat16_compute(hf_cls):
     module32, params = to_zoo(hf)
     module16, _ = to_zoo(hf, dtype="bfloat16")
     x = jnp.asarray(images())
-    want = np.asarray(jax.jit(lambda v, x: module32.apply(v, x).logits)(as_variables(params), x))
-    got = jax.jit(lambda v, x: module16.apply(v, x, output_attentions=True))(as_variables(params), x)
+    want = np.asarray(jax.jit(lambda v, x: module32.apply(v, x).logits)(params, x))
+    got = jax.jit(lambda v, x: module16.apply(v, x, output_attentions=True))(params, x)
     assert got.logits.dtype == jnp.bfloat16 and got.attentions[0].dtype == jnp.bfloat16
     assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32
     assert np.abs(np.asarray(got.logits, np.float32) - want).max() <= 0.03 * np.abs(want).max()

@@ -13,7 +13,7 @@ import transformers
 from hf_parity import assert_outputs_match, max_diff, to_zoo
 from test_data2vec_vision_parity import randomize
 from zoo.models.groupvit import GroupViTConfig, hard_softmax
-from zoo.pretrained import as_variables
+
 
 transformers.logging.set_verbosity_error()
 VOCAB, EOS = 99, 98
@@ -67,7 +67,7 @@ def test_text_model_parity(eos):
     ids, mask = text_inputs(eos=eos)
     with torch.no_grad():
         ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), **FLAGS)
-    got = jax.jit(lambda p: module.apply({"params": p}, ids, mask, **FLAGS))(params)
+    got = jax.jit(lambda p: module.apply(p, ids, mask, **FLAGS))(params)
     assert len(got.hidden_states) == 3 and got.attentions[0].shape == (3, 4, 10, 10)
     assert_outputs_match(got, ref)
 
@@ -79,7 +79,7 @@ def test_vision_model_parity(grouping):
     x = images(batch=3)
     with torch.no_grad():
         ref = hf(pixel_values=torch.from_numpy(x), **FLAGS)
-    got = jax.jit(lambda p: module.apply({"params": p}, x, **FLAGS))(params)
+    got = jax.jit(lambda p: module.apply(p, x, **FLAGS))(params)
     assert got.last_hidden_state.shape[1] == GROUPINGS[grouping]["num_output_groups"][-1]
     assert_outputs_match(got, ref)
 
@@ -169,14 +169,13 @@ def test_config_accepts_tower_configs_and_rejects_what_it_lacks():
     hf = build(transformers.GroupViTVisionModel, transformers.GroupViTVisionConfig(**vision_config()))
     module, params = to_zoo(hf)
     with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
-        module.apply({"params": params}, images(size=48))
-    out = jax.jit(lambda p: module.apply({"params": p}, images(size=48), interpolate_pos_encoding=True))(params)
+        module.apply(params, images(size=48))
+    out = jax.jit(lambda p: module.apply(p, images(size=48), interpolate_pos_encoding=True))(params)
     with torch.no_grad():  # HF's vision model does not pass the flag on: run its parts with it
         tower = hf.vision_model
         hidden = tower.embeddings(torch.from_numpy(images(size=48)), interpolate_pos_encoding=True)
         ref = tower.layernorm(tower.encoder(hidden).last_hidden_state)
     assert max_diff(out.last_hidden_state, ref) <= 1e-5
-    assert as_variables(params) == {"params": params}
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
@@ -185,7 +184,8 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
 
     hf = joint()
     hf.save_pretrained(tmp_path / "hf")
-    module, variables, report = pretrained.from_pretrained(tmp_path / "hf", return_report=True)
+    module, variables = loaded = pretrained.from_pretrained(tmp_path / "hf")
+    report = loaded.report
     assert report.summary() == "all keys matched" and set(variables) == {"params", "batch_stats"}
     pretrained.save_pretrained(tmp_path / "zoo", module, variables)
     again, variables = pretrained.from_pretrained(tmp_path / "zoo")
@@ -196,7 +196,7 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     for key in want:
         assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
     text_only, params = pretrained.from_pretrained(tmp_path / "hf", "GroupViTTextModel")
-    assert set(params) == {"text_model"}
+    assert set(params) == {"params"} and set(params["params"]) == {"text_model"}
 
 
 def test_model_segmentation_at_another_image_size():

@@ -67,7 +67,7 @@ def run_both(hf, x: dict, **kwargs):
     module, params = to_zoo(hf)
     with torch.no_grad():
         ref = hf(**torch_inputs(x), **kwargs)
-    got = jax.jit(lambda p, x: module.apply({"params": p}, **x, **kwargs))(params, x)
+    got = jax.jit(lambda p, x: module.apply(p, **x, **kwargs))(params, x)
     return got, ref, module, params
 
 
@@ -98,7 +98,7 @@ def test_bare_model_and_precomputed_image_inputs():
     x = inputs(seed=1)
     got, ref, module, params = run_both(hf, x, **FLAGS)
     assert_outputs_match(got, ref)
-    apply = jax.jit(lambda p, x: module.apply({"params": p}, **x))
+    apply = jax.jit(lambda p, x: module.apply(p, **x))
     text = {k: x[k] for k in ("input_ids", "attention_mask", "image_attention_mask")}
     with torch.no_grad():
         vision = hf.vision_model(torch.from_numpy(x["pixel_values"].reshape(4, 3, IMAGE, IMAGE))).last_hidden_state
@@ -108,9 +108,9 @@ def test_bare_model_and_precomputed_image_inputs():
     assert_outputs_match(apply(params, dict(text, image_encoder_embeddings=enc)), ref_enc)
     assert_outputs_match(apply(params, dict(text, perceiver_embeddings=np.asarray(got.image_hidden_states))), ref_per)
     with pytest.raises(ValueError, match="Exactly 1 of"):
-        module.apply({"params": params}, **dict(x, image_encoder_embeddings=enc))
+        module.apply(params, **dict(x, image_encoder_embeddings=enc))
     with pytest.raises(ValueError, match="image_attention_mask must be"):
-        module.apply({"params": params}, **dict(x, image_attention_mask=x["image_attention_mask"][:, :, :1]))
+        module.apply(params, **dict(x, image_attention_mask=x["image_attention_mask"][:, :, :1]))
 
 
 def test_additional_vocabulary_and_tied_head():
@@ -126,7 +126,7 @@ def test_additional_vocabulary_and_tied_head():
         assert_outputs_match(got, ref)
         assert ("lm_head" in params) != tie
     labels = x["input_ids"]
-    loss = module.apply({"params": params}, **x, labels=labels).loss
+    loss = module.apply(params, **x, labels=labels).loss
     want = torch.nn.functional.cross_entropy(ref.logits[:, :-1].reshape(-1, VOCAB + 3),
                                              torch.from_numpy(labels[:, 1:]).reshape(-1))
     assert abs(float(loss) - float(want)) <= 1e-5
@@ -140,7 +140,7 @@ def test_other_image_size_with_interpolate_pos_encoding():
     assert got.image_hidden_states.shape == (2, 1, 6 * 5 + 1, 12)
     assert_outputs_match(got, ref)
     with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
-        module.apply({"params": params}, **x)
+        module.apply(params, **x)
 
 
 def test_incremental_decoding_equals_full_forward():
@@ -149,12 +149,12 @@ def test_incremental_decoding_equals_full_forward():
     hf = build(use_resampler=True, qk_layer_norms=True)
     module, params = to_zoo(hf)
     x = inputs(length=9)
-    full = jax.jit(lambda p: module.apply({"params": p}, **x))(params)
+    full = jax.jit(lambda p: module.apply(p, **x))(params)
     prompt, total = 5, 9
     cache = module.init_cache(2, total)
     mask = np.zeros((2, total), np.int64)
     mask[:, :prompt] = x["attention_mask"][:, :prompt]
-    step = jax.jit(lambda p, c, m, inp: module.apply({"params": p}, past_key_values=c, attention_mask=m, **inp))
+    step = jax.jit(lambda p, c, m, inp: module.apply(p, past_key_values=c, attention_mask=m, **inp))
     first = {k: x[k][:, :prompt] if k != "pixel_values" else x[k] for k in x if k != "attention_mask"}
     o = step(params, cache, mask, first)
     real = x["attention_mask"][:, :prompt, None] == 1  # padded positions attend to nothing: no meaning
@@ -176,7 +176,8 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     hf = build(use_resampler=True, qk_layer_norms=True, additional_vocab_size=2)
     hf.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
     assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
-    module, params, report = pretrained.from_pretrained(tmp_path / "hf", return_report=True)
+    module, params = loaded = pretrained.from_pretrained(tmp_path / "hf")
+    report = loaded.report
     assert report.summary() == "all keys matched"
     pretrained.save_pretrained(tmp_path / "zoo", module, params)
     again, params = pretrained.from_pretrained(tmp_path / "zoo")
@@ -196,7 +197,7 @@ def test_frozen_parameters_follow_hf(exceptions):
     import re
 
     from converters.mapping import torch_to_flax_path
-    from zoo.pretrained import param_shapes
+    from zoo.initialization import param_shapes
     from zoo.registry import get_family
 
     hf = transformers.IdeficsForVisionText2Text(hf_config(
@@ -241,7 +242,7 @@ def test_greedy_generation_equals_hf_generate():
     eos = int(free[0, 6 + 2])  # row 0's third new token: that row stops early
     with torch.no_grad():
         ref = hf.generate(**torch_inputs(x), eos_token_id=eos, **kwargs).numpy()
-    got = generate(module, {"params": params}, x["input_ids"], x["attention_mask"], eos_token_id=eos,
+    got = generate(module, params, x["input_ids"], x["attention_mask"], eos_token_id=eos,
                    image_attention_mask=x["image_attention_mask"], pixel_values=x["pixel_values"], **kwargs)
     np.testing.assert_array_equal(np.asarray(got.sequences)[:, :ref.shape[1]], ref)
     assert (np.asarray(got.sequences)[0, 6 + 3:] == 0).all()
@@ -253,7 +254,7 @@ import jax, numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
 import zoo
 from zoo import parallel
-from zoo.pretrained import flatten_variables
+from zoo.tree import flatten_variables
 
 res = {{}}
 mesh = parallel.make_mesh("data=1,fsdp=4,tensor=2")
@@ -262,11 +263,11 @@ model, params = zoo.from_pretrained({root!r}, mesh=mesh, param_dtype=None)
 a, b = flatten_variables(params), flatten_variables(ref)
 res["equal"] = sorted(a) == sorted(b) and all(np.asarray(a[k]).tobytes() == np.asarray(b[k]).tobytes() for k in a)
 res["dtypes"] = sorted({{str(v.dtype) for v in a.values()}})
-down = params["model"]["layers_0"]["mlp"]["down_proj"]["kernel"]
+down = params["params"]["model"]["layers_0"]["mlp"]["down_proj"]["kernel"]
 res["down_fraction"] = max(int(s.data.size) for s in down.addressable_shards) / int(down.size)
 x = {inputs!r}
 x = {{k: np.asarray(v, dtype=np.float32 if k == "pixel_values" else np.int64) for k, v in x.items()}}
-f = jax.jit(lambda p, x: model.apply({{"params": p}}, **x).logits.astype(np.float32))
+f = jax.jit(lambda p, x: model.apply({p}, **x).logits.astype(np.float32))
 res["max_diff"] = float(np.abs(np.asarray(f(params, x)) - np.asarray(f(ref, x))).max())
 print("RESULT " + json.dumps(res))
 """

@@ -24,7 +24,7 @@ from converters.errors import KeyMappingError
 from converters.safetensors_io import SafetensorsFile
 from test_conversion import tiny_architectures, tiny_config
 from zoo import parallel
-from zoo.pretrained import flatten_variables
+from zoo.tree import flatten_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH8 = AbstractMesh((2, 2, 2), parallel.MESH_AXES)
@@ -90,7 +90,7 @@ def test_variables_tree_of_a_batch_norm_model():
     shardings = parallel.param_shardings(module, mesh)
     assert set(shardings) == {"params", "batch_stats"}
     flat = flatten_variables(shardings)
-    assert set(flat) == set(zoo.pretrained.param_shapes(module))
+    assert set(flat) == set(zoo.initialization.param_shapes(module))
     stats = [p for p in flat if p.startswith("batch_stats/")]
     assert stats and all(flat[p].spec == P() for p in stats)
 
@@ -154,7 +154,7 @@ import jax, numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
 import zoo
 from zoo import parallel
-from zoo.pretrained import flatten_variables
+from zoo.tree import flatten_variables
 from converters.safetensors_io import SafetensorsFile
 from converters.torch_pickle import TorchZipFile
 
@@ -199,9 +199,9 @@ res["bytes_per_key_match"] = all(sum(v) == sizes[k] for (kind, k), v in reads.it
 query = "data2vec_text.encoder.layer.0.attention.self.query.weight"
 res["query_slices"] = list(reads["slice", query])
 res["query_size"] = sizes[query]
-q = params["data2vec_text"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
-emb = params["data2vec_text"]["embeddings"]["word_embeddings"]["embedding"]
-inter = params["data2vec_text"]["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
+q = params["params"]["data2vec_text"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"]
+emb = params["params"]["data2vec_text"]["embeddings"]["word_embeddings"]["embedding"]
+inter = params["params"]["data2vec_text"]["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
 for name, arr in (("query", q), ("embedding", emb), ("intermediate", inter)):
     res[name] = dict(spec=list(arr.sharding.spec), size=int(arr.size),
                      shard_sizes=sorted({{int(s.data.size) for s in arr.addressable_shards}}),
@@ -224,8 +224,9 @@ res["bin_equal"] = same(pbin, bin_ref) and placed(pbin, bin_model, mesh)
 res["bin_reads_per_key"] = sorted({{len(v) for v in reads.values()}})
 
 # a fresh head is initialised straight into its shards, with the values of a plain load
-clf, pclf, report = zoo.from_pretrained(ROOT + "/bf16", "Data2VecTextForSequenceClassification", mesh=mesh,
-                                        param_dtype=None, return_report=True)
+clf, pclf = loaded = zoo.from_pretrained(ROOT + "/bf16", "Data2VecTextForSequenceClassification", mesh=mesh,
+                                        param_dtype=None)
+report = loaded.report
 _, clf_ref = zoo.from_pretrained(ROOT + "/bf16", "Data2VecTextForSequenceClassification", param_dtype=None)
 res["head_missing"] = sorted(report.missing)
 res["head_equal"] = same(pclf, clf_ref) and placed(pclf, clf, mesh)
@@ -238,7 +239,7 @@ mask[1, 5:] = 0
 batch = parallel.shard_batch({{"input_ids": ids, "attention_mask": mask}}, mesh)
 res["batch_spec"] = list(batch["input_ids"].sharding.spec)
 res["batch_shard_shapes"] = sorted({{tuple(s.data.shape) for s in batch["input_ids"].addressable_shards}})
-fwd = jax.jit(lambda p, b: bin_model.apply({{"params": p}}, **b).logits)
+fwd = jax.jit(lambda p, b: bin_model.apply({p}, **b).logits)
 one_device = fwd(bin_ref, {{"input_ids": ids, "attention_mask": mask}})
 res["forward_max_diff"] = float(np.abs(np.asarray(fwd(pbin, batch)) - np.asarray(one_device)).max())
 try:

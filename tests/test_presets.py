@@ -14,7 +14,9 @@ import pytest
 
 import zoo
 from zoo import presets
-from zoo.pretrained import build_model, flatten, param_shapes
+from zoo.tree import flatten, flatten_variables
+from zoo.initialization import param_shapes
+from zoo.pretrained import build_model
 from zoo.registry import get_family
 
 PRESETS = presets.list_presets()
@@ -88,13 +90,13 @@ def test_init_builds_random_weights_and_runs():
     # the real architecture at 2 of its 12 layers (a full-depth init spends ~15 s compiling on a CPU)
     model, params = zoo.init("data2vec-audio-base", rng=jax.random.key(1), num_hidden_layers=2)
     assert type(model).__name__ == "Data2VecAudioModel" and model.config.hidden_size == 768
-    flat = flatten(params)
+    flat = flatten_variables(params)
     assert {k: tuple(v.shape) for k, v in flat.items()} == param_shapes(model)
     assert all(v.dtype == np.float32 for v in flat.values())
     # 93.2M (HF's count for the full model) less 10 encoder layers of 7,087,872 parameters
     assert sum(v.size for v in flat.values()) == _zoo_count(_structure_key("data2vec-audio-base")) - 10 * 7_087_872
     waveform = np.random.default_rng(0).standard_normal((1, 1600)).astype(np.float32)
-    out = jax.jit(model.apply)({"params": params}, input_values=waveform)
+    out = jax.jit(model.apply)(params, input_values=waveform)
     assert out.last_hidden_state.shape == (1, 4, 768)
     assert np.isfinite(np.asarray(out.last_hidden_state)).all()
 

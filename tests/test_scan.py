@@ -25,7 +25,7 @@ from zoo.models.data2vec_text import Data2VecTextConfig
 from zoo.models.data2vec_vision import Data2VecVisionConfig
 from zoo.models.sew_d import SEWDConfig
 from zoo.nn import scan
-from zoo.pretrained import as_variables, flatten, flatten_variables, unflatten
+from zoo.tree import flatten, flatten_variables, unflatten
 
 TOL = 1e-6
 TOL_BLOCK_SPARSE = 1e-5  # two compilations of the block-sparse kernel: its gathers fuse differently
@@ -94,7 +94,7 @@ def random_params(model, seed=0) -> dict:
     """Parameters of ``model`` from its shapes alone (no init to compile)."""
     rng = np.random.RandomState(seed)
     return unflatten({p: ((1.0 if p.endswith("scale") else 0.0) + 0.1 * rng.randn(*shape)).astype(np.float32)
-                      for p, shape in zoo.pretrained.param_shapes(model).items()})
+                      for p, shape in zoo.initialization.param_shapes(model).items()})
 
 
 RNGS = ("dropout", "drop_path", "random_blocks")
@@ -141,7 +141,7 @@ def results(name: str):
               for v in VARIANTS[name]}
     for variant, model in models.items():
         if model.scan_layers:
-            assert zoo.pretrained.param_shapes(model) == {k: v.shape for k, v in flatten(stacked).items()}
+            assert zoo.initialization.param_shapes(model) == {k: v.shape for k, v in flatten(stacked).items()}
 
     attentions = name in WITH_ATTENTIONS
 
@@ -215,11 +215,11 @@ def test_flat_layout_transforms():
     with pytest.raises(ValueError, match="both"):
         scan.layout(["encoder/layer_0/w", "encoder/layers/w"])
     with pytest.raises(ValueError, match="remat_policy"):
-        zoo.pretrained.param_shapes(zoo.build_model(Data2VecTextConfig.from_dict(TEXT), remat_policy="some"))
+        zoo.initialization.param_shapes(zoo.build_model(Data2VecTextConfig.from_dict(TEXT), remat_policy="some"))
 
 
 def _assert_same(tree, reference):
-    a, b = flatten_variables(tree), flatten_variables(reference)
+    a, b = flatten(tree), flatten(reference)
     assert a.keys() == b.keys()
     for k in a:
         assert np.asarray(a[k]).dtype == np.asarray(b[k]).dtype and np.array_equal(a[k], b[k]), k
@@ -231,15 +231,15 @@ def test_checkpoint_round_trips_are_bit_exact(name, tmp_path):
     config, arch, _, layout = CASES[name]
     model = zoo.build_model(config, arch)
     scanned = zoo.build_model(config, arch, scan_layers=True)
-    params = random_params(model)
-    stacked = unflatten(scan.stack_layers(flatten(params), *layout))
+    params = {"params": random_params(model)}
+    stacked = {"params": unflatten(scan.stack_layers(flatten(params["params"]), *layout))}
 
     zoo.save_pretrained(tmp_path / "portable", scanned, stacked)  # default: per layer
     zoo.save_pretrained(tmp_path / "stacked", scanned, stacked, stacked=True)
     zoo.save_pretrained(tmp_path / "stacked_from_per_layer", model, params, stacked=True)
     files = {d: load_file(str(tmp_path / d / "flax_model.safetensors"))
              for d in ("portable", "stacked", "stacked_from_per_layer")}
-    assert files["portable"].keys() == flatten(params).keys()
+    assert files["portable"].keys() == flatten(params["params"]).keys()
     assert scan.layout(files["stacked"], *layout) == "stacked"
     _assert_same(files["stacked"], files["stacked_from_per_layer"])
     for directory in ("portable", "stacked"):
@@ -290,7 +290,7 @@ def test_hf_checkpoint_into_scanned_model_matches_hf(name, tmp_path):
         batch.pop("labels", None)
     with torch.no_grad():
         ref = hf(**torch_inputs(batch), output_hidden_states=True, output_attentions=True)
-    got = jit(lambda p: model.apply(as_variables(p), **batch, output_hidden_states=True,
+    got = jit(lambda p: model.apply(p, **batch, output_hidden_states=True,
                                     output_attentions=True))(params)
     assert_outputs_match(got, ref)
 
@@ -325,7 +325,7 @@ def test_big_bird_block_sparse_draws_the_same_blocks_in_both_layouts():
 @pytest.mark.parametrize("name", ["vision", "sew_d"])
 def test_layer_decay_ids_are_the_same_in_both_layouts(name):
     config, arch, _, layout = CASES[name]
-    shapes = zoo.pretrained.param_shapes(zoo.build_model(config, arch))
+    shapes = zoo.initialization.param_shapes(zoo.build_model(config, arch))
     params = unflatten({p: np.zeros(shape, np.float32) for p, shape in shapes.items()})
     ids, num_layers = train.layer_ids(params)
     stacked_ids, stacked_num_layers = train.layer_ids(unflatten(scan.stack_layers(flatten(params), *layout)))

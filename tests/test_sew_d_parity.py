@@ -49,7 +49,7 @@ def compare(hf, inputs, **flags):
     module, params = to_zoo(hf)
     with torch.no_grad():
         ref = hf(**torch_inputs(inputs), **flags)
-    got = module.apply({"params": params}, **inputs, **flags)
+    got = module.apply(params, **inputs, **flags)
     return assert_outputs_match(got, ref), got
 
 
@@ -124,19 +124,19 @@ def test_gradient_wrt_relative_embeddings_matches_torch():
     labels = np.random.RandomState(2).randint(1, 12, (2, 6))
 
     def loss_fn(p):
-        return module.apply({"params": p}, input_values=x, attention_mask=mask, labels=labels).loss
+        return module.apply(p, input_values=x, attention_mask=mask, labels=labels).loss
 
     grads = jax.jit(jax.grad(loss_fn))(params)
     hf.zero_grad()
     hf(**torch_inputs(dict(input_values=x, attention_mask=mask, labels=labels))).loss.backward()
     ref = hf.sew_d.encoder.encoder.rel_embeddings.weight.grad
-    got = grads["sew_d"]["encoder"]["encoder"]["rel_embeddings"]["embedding"]
+    got = grads["params"]["sew_d"]["encoder"]["encoder"]["rel_embeddings"]["embedding"]
     scale = float(jnp.abs(got).max())
     assert scale > 1e-5, scale  # the position terms really carry gradient
     # The gradient is ~3e-5 in size, so beyond the absolute 1e-5 it is held to 1e-4 relative.
     assert max_diff(got, ref) <= 1e-4 * scale
     ref_q = hf.sew_d.encoder.encoder.layer[1].attention.self.query_proj.weight.grad.T
-    assert max_diff(grads["sew_d"]["encoder"]["encoder"]["layer_1"]["attention"]["self"]["query_proj"]["kernel"],
+    assert max_diff(grads["params"]["sew_d"]["encoder"]["encoder"]["layer_1"]["attention"]["self"]["query_proj"]["kernel"],
                     ref_q) <= 1e-5
 
 
@@ -144,7 +144,7 @@ def test_training_mode_spec_augment_dropout():
     hf = build(transformers.SEWDForCTC, mask_time_prob=0.3, mask_time_length=3)
     module, params = to_zoo(hf)
     x, mask = waveforms(2)
-    run = jax.jit(lambda key: module.apply({"params": params}, input_values=x, attention_mask=mask,
+    run = jax.jit(lambda key: module.apply(params, input_values=x, attention_mask=mask,
                                            deterministic=False, rngs={"dropout": key}).logits)
     a, b = run(jax.random.key(0)), run(jax.random.key(1))
     assert a.shape == (2, 79, 12) and not bool(jnp.allclose(a, b))
@@ -154,14 +154,16 @@ def test_head_and_bare_checkpoints_load_both_ways(tmp_path):
     """HF's SEW-D prefix is ``sew_d`` (older versions called it ``sew-d``): both directions work."""
     head = build(transformers.SEWDForCTC)
     head.save_pretrained(tmp_path / "head")
-    bare_model, bare_params, report = zoo.from_pretrained(tmp_path / "head", "SEWDModel", return_report=True)
+    bare_model, bare_params = loaded = zoo.from_pretrained(tmp_path / "head", "SEWDModel")
+    report = loaded.report
     assert report.prefix == "removed" and report.unused == ["lm_head.bias", "lm_head.weight"]
     bare = build(transformers.SEWDModel)
     bare.save_pretrained(tmp_path / "bare")
-    _, head_params, report = zoo.from_pretrained(tmp_path / "bare", "SEWDForCTC", return_report=True)
+    _, head_params = loaded = zoo.from_pretrained(tmp_path / "bare", "SEWDForCTC")
+    report = loaded.report
     assert report.prefix == "added" and sorted(report.missing) == ["lm_head/bias", "lm_head/kernel"]
     want = bare.sew_d if hasattr(bare, "sew_d") else bare
-    got = head_params["sew_d"]["encoder"]["pos_conv_embed"]["conv"]["weight_v"]
+    got = head_params["params"]["sew_d"]["encoder"]["pos_conv_embed"]["conv"]["weight_v"]
     assert np.array_equal(np.asarray(got), want.encoder.pos_conv_embed.conv.parametrizations.weight.original1
                           .detach().numpy())
 
@@ -174,10 +176,11 @@ def test_old_weight_norm_spelling_checkpoint(tmp_path):
     assert "sew_d.encoder.pos_conv_embed.conv.weight_g" in state
     hf.config.save_pretrained(tmp_path)
     torch.save(state, tmp_path / "pytorch_model.bin")
-    module, params, report = zoo.from_pretrained(tmp_path, "SEWDForCTC", return_report=True)
+    module, params = loaded = zoo.from_pretrained(tmp_path, "SEWDForCTC")
+    report = loaded.report
     assert not report.unused and not report.missing
     x, mask = waveforms(2)
     with torch.no_grad():
         ref = hf(**torch_inputs(dict(input_values=x, attention_mask=mask)))
-    got = module.apply({"params": params}, input_values=x, attention_mask=mask)
+    got = module.apply(params, input_values=x, attention_mask=mask)
     assert max_diff(got.logits, ref.logits) <= 1e-5

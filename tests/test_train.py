@@ -24,7 +24,8 @@ from test_parallel import On8Devices
 from zoo import train
 from zoo.models.data2vec_text import Data2VecTextConfig
 from zoo.models.data2vec_vision import Data2VecVisionConfig
-from zoo.pretrained import flatten, param_shapes, unflatten
+from zoo.tree import flatten, unflatten
+from zoo.initialization import param_shapes
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "finetune"
 
@@ -72,13 +73,13 @@ TEXT, RECIPE = ARGS["text"], ARGS["recipe"]
 model = zoo.build_model(Data2VecTextConfig.from_dict(TEXT), "Data2VecTextForSequenceClassification")
 with np.load(ARGS["inputs"]) as f:
     batches = [{k: f[f"{i}/{k}"] for k in ("input_ids", "attention_mask", "labels")} for i in range(2)]
-    params = zoo.pretrained.unflatten({k[len("params/"):]: f[k] for k in f.files if k.startswith("params/")})
-flat = lambda tree: {k: np.asarray(v) for k, v in zoo.pretrained.flatten(tree).items()}
+    params = zoo.tree.unflatten({k[len("params/"):]: f[k] for k in f.files if k.startswith("params/")})
+flat = lambda tree: {k: np.asarray(v) for k, v in zoo.tree.flatten(tree).items()}
 res = {"devices": len(jax.devices())}
 
 def run(mesh, **kw):
     recipe = train.Recipe(**RECIPE, **kw)
-    state = train.TrainState.create(model, params, recipe, mesh=mesh)
+    state = train.TrainState.create(model, {"params": params}, recipe, mesh=mesh)
     step = train.make_train_step(model, recipe, train.sequence_classification_loss, mesh=mesh)
     first, metrics = state, []
     for batch in batches:
@@ -119,13 +120,13 @@ for spec, kw in (("data=8", {}), ("fsdp=8", {}), ("tensor=8", {}), ("data=2,fsdp
 # rematerialization" of the looked-up vectors, which the table's fsdp split would cause)
 mesh = parallel.make_mesh("data=2,fsdp=2,tensor=2")
 big = {k: np.concatenate([v] * 16) for k, v in batches[0].items()}
-state = train.TrainState.create(model, params, train.Recipe(**RECIPE), mesh=mesh)
+state = train.TrainState.create(model, {"params": params}, train.Recipe(**RECIPE), mesh=mesh)
 _, m = train.make_train_step(model, train.Recipe(**RECIPE), train.sequence_classification_loss, mesh=mesh)(state, big)
 res["big_batch_loss"] = float(m["loss"])
 
 recipe = train.Recipe(**RECIPE, batch_size=16)  # rows of all devices together
 pstep = train.make_pmap_train_step(model, recipe, train.sequence_classification_loss)
-state = train.replicate(train.TrainState.create(model, params, recipe))
+state = train.replicate(train.TrainState.create(model, {"params": params}, recipe))
 metrics = []
 for batch in batches:
     state, m = pstep(state, train.split_batch(batch))
@@ -166,7 +167,7 @@ def one_step(text, **kw):
     """(params before as numpy, state after, metrics) of one step of RECIPE + kw."""
     model, params, batch = text
     recipe = train.Recipe(**{**RECIPE, **kw})
-    state = train.TrainState.create(model, params, recipe)
+    state = train.TrainState.create(model, {"params": params}, recipe)
     before = jax.tree.map(np.asarray, state.params)  # the step donates state
     after, metrics = train.make_train_step(model, recipe, train.sequence_classification_loss)(state, batch)
     return before, after, metrics
@@ -190,7 +191,7 @@ def test_accumulation_needs_whole_microbatches(text):
     model, params, batch = text
     recipe = train.Recipe(**RECIPE, accumulate_steps=4)
     step = train.make_train_step(model, recipe, train.sequence_classification_loss)
-    state = train.TrainState.create(model, params, recipe)
+    state = train.TrainState.create(model, {"params": params}, recipe)
     with pytest.raises(ValueError, match="a batch of 6 rows does not split into accumulate_steps=4"):
         step(state, jax.tree.map(lambda x: x[:6], batch))
     with pytest.raises(ValueError, match="the batch has 8 rows, the recipe's batch_size is 16"):
@@ -314,7 +315,7 @@ def test_remat_wraps_the_loss_of_a_model_without_a_per_layer_hook():
 
     def jaxpr(remat):
         recipe = train.Recipe(**RECIPE, remat=remat)
-        state = jax.eval_shape(lambda p: train.TrainState.create(model, p, recipe), params)
+        state = jax.eval_shape(lambda p: train.TrainState.create(model, {"params": p}, recipe), params)
         return str(train.make_train_step(model, recipe, train.image_classification_loss).trace(state, batch).jaxpr)
 
     count = lambda text: collections.Counter(re.findall(r"= (\w+)", text))
@@ -334,7 +335,7 @@ def test_optimizer_applies_decay_mask_and_layer_factors(text):
                           frozen=("layer_0/attention/",))
     zero_loss = lambda p, batch, rng, module: (0.0 * jax.tree.leaves(p)[0].sum(), {})
     step = train.make_train_step(model, recipe, zero_loss)
-    state, metrics = step(train.TrainState.create(model, params, recipe), {"x": np.zeros((2, 1))})
+    state, metrics = step(train.TrainState.create(model, {"params": params}, recipe), {"x": np.zeros((2, 1))})
     got, before = flatten(state.params), flatten(params)
     scales, mask = flatten(train.layer_decay_scales(params, decay)), flatten(train.decay_mask(params))
     assert sorted(set(scales.values())) == [decay ** 2, decay, 1.0]   # embeddings, layer_0, head (L=1)

@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.outputs import ModelOutput
-from zoo.pretrained import as_variables
+from zoo.tree import check_variables
 
 Array = jax.Array
 
@@ -160,7 +160,7 @@ def generate(module, variables: Mapping, input_ids, attention_mask=None, *, max_
              rng=None, output_logits: bool = False, **model_inputs) -> GenerateOutput:
     """Greedy or sampled continuation of ``input_ids`` ``[B, L]`` by ``max_new_tokens`` tokens.
 
-    ``variables``: ``{"params": ...}`` or a bare params tree. ``attention_mask`` ``[B, L]``
+    ``variables``: the model's variables dict (``{"params": ...}``). ``attention_mask`` ``[B, L]``
     marks real prompt tokens (left padding; see :func:`left_pad`). ``do_sample`` draws with
     ``rng`` (a ``jax.random`` key or an int seed), after ``temperature``, ``top_k`` and
     ``top_p`` (traced: new values do not recompile; ``top_k`` is static). ``**model_inputs``
@@ -203,10 +203,11 @@ def generate(module, variables: Mapping, input_ids, attention_mask=None, *, max_
             padded = input_ids == pad_token_id
             attention_mask = jnp.where(padded.any(), (~padded).astype(input_ids.dtype), attention_mask)
 
+    check_variables(variables, type(module).__name__)
     model_inputs = dict(model_inputs)
     position_ids = model_inputs.pop("position_ids", None)
     return _generate(
-        module, as_variables(variables), input_ids.astype(jnp.int32), attention_mask.astype(jnp.int32),
+        module, dict(variables), input_ids.astype(jnp.int32), attention_mask.astype(jnp.int32),
         None if position_ids is None else jnp.asarray(position_ids, jnp.int32), model_inputs,
         _eos_array(eos), jnp.asarray(0 if pad_token_id is None else pad_token_id, jnp.int32),
         jnp.asarray(temperature, jnp.float32),

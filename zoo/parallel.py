@@ -1,4 +1,4 @@
-"""Device meshes, logical-axis sharding rules, and loading a checkpoint straight onto a mesh.
+"""Device meshes, logical-axis sharding rules, and the shardings of variables and batches.
 
 Every parameter of every model carries logical axis names (``("embed", "heads")`` for a
 query kernel ``[hidden, heads * head_dim]``); :data:`LOGICAL_AXIS_RULES` maps them to the
@@ -11,20 +11,15 @@ three mesh axes:
   parallelism).
 
     mesh = zoo.parallel.make_mesh("data=2,fsdp=2,tensor=2")          # 8 devices
-    model, params = zoo.from_pretrained(path, mesh=mesh, param_dtype=None)
+    model, variables = zoo.from_pretrained(path, mesh=mesh, param_dtype=None)
     batch = zoo.parallel.shard_batch({"input_ids": ids, "attention_mask": mask}, mesh)
-    out = jax.jit(lambda p, b: model.apply({"params": p}, **b))(params, batch)
+    out = jax.jit(model.apply)(variables, **batch)
 
-Loading onto a mesh builds each parameter with ``jax.make_array_from_callback``: each
-device asks for its slice only, which is read from the memory-mapped safetensors file as
-a slice of the PyTorch tensor (a Flax kernel is a transposed PyTorch weight, so a slice of
-it is a transposed slice of the weight), converted and cast on its own. The host holds
-about one parameter at a time, and no device more than its shards. PyTorch ``.bin``
-pickles cannot be sliced in place: each tensor is read whole, once, and sliced.
-
-Tested in one process (one host, any number of local devices). The loader reads only the
-shards of this process's devices; :func:`shard_batch` assumes this process holds the whole
-batch (multi-host input pipelines are not covered yet).
+This module is pure sharding: it computes layouts from shapes and logical names and
+places arrays that already exist. Reading a checkpoint slice by slice onto a mesh is the
+loader's job (:func:`zoo.from_pretrained` with ``mesh=``, in :mod:`zoo.pretrained`), which
+asks this module where each slice goes. :func:`shard_batch` assumes this process holds
+the whole batch; on many hosts see :func:`zoo.distributed.global_batch`.
 """
 
 from __future__ import annotations
@@ -32,31 +27,16 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from converters.mapping import ConversionReport, TensorSource, cast
-from converters.readers import Checkpoint
-from zoo.pretrained import (
-    STATE_COLLECTIONS,
-    abstract_variables,
-    as_dtype,
-    flatten,
-    flatten_variables,
-    init_flat,
-    is_variables,
-    open_weights,
-    pack_variables,
-    param_shapes,
-    plan_params,
-)
+from zoo.initialization import abstract_variables, param_shapes
+from zoo.tree import STATE_COLLECTIONS, check_variables, flatten, flatten_variables, pack_variables
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
@@ -184,16 +164,14 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mes
     return PartitionSpec(*result)
 
 
-def param_shardings(module: nn.Module, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> dict:
-    """A ``NamedSharding`` per parameter of ``module``, in the tree :func:`zoo.init_params`
-    and :func:`zoo.from_pretrained` give (the params tree, or for models with batch
-    statistics the variables dict ``{"params", "batch_stats"}``, the statistics
-    replicated). Nothing is allocated. Raises ValueError for a logical axis name that has
-    no rule."""
-    return _param_shardings(module, abstract_variables(module), mesh, rules)
-
-
-def _param_shardings(module: nn.Module, abstract: Mapping, mesh: Mesh, rules) -> dict:
+def param_shardings(module: nn.Module, mesh: Mesh, rules=LOGICAL_AXIS_RULES, *,
+                    abstract: Mapping | None = None) -> dict:
+    """A ``NamedSharding`` per variable of ``module``, in the variables dict that
+    :func:`zoo.init_params` and :func:`zoo.from_pretrained` give (``{"params": ...}``, plus
+    ``"batch_stats"`` replicated). Nothing is allocated (``abstract``: the
+    :func:`zoo.initialization.abstract_variables` of ``module`` if already at hand). Raises
+    ValueError for a logical axis name that has no rule."""
+    abstract = abstract_variables(module) if abstract is None else abstract
     flat = {}
     for path, leaf in flatten(abstract["params"]).items():
         if isinstance(leaf, nn.Partitioned):
@@ -209,14 +187,12 @@ def _param_shardings(module: nn.Module, abstract: Mapping, mesh: Mesh, rules) ->
     return pack_variables(flat)
 
 
-def shard_params(params: Mapping, module: nn.Module, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> dict:
-    """``params`` (a params tree or variables dict of ``module``) placed on ``mesh`` by
-    :func:`param_shardings`."""
-    params = nn.unbox(params)
+def shard_params(variables: Mapping, module: nn.Module, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> dict:
+    """``variables`` (the variables dict of ``module``) placed on ``mesh`` by :func:`param_shardings`."""
+    variables = nn.unbox(variables)
+    check_variables(variables, type(module).__name__)
     shardings = param_shardings(module, mesh, rules)
-    if is_variables(params) and not is_variables(shardings):
-        shardings = {"params": shardings}
-    return jax.device_put(params, shardings)
+    return jax.device_put(dict(variables), {c: shardings[c] for c in variables})
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:
@@ -267,74 +243,8 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, batch)
 
 
-# ---------------------------------------------------------------------------- loading
-def load_sharded(path_or_repo_id: str | os.PathLike, mesh: Mesh, architecture: str | None = None, *,
-                 param_dtype=None, rules=LOGICAL_AXIS_RULES, **kwargs):
-    """``zoo.from_pretrained(path, architecture, mesh=mesh, param_dtype=param_dtype, ...)``:
-    ``(model, params)`` with every parameter sharded over ``mesh`` and read slice by slice
-    (see the module docstring). ``param_dtype=None`` keeps the checkpoint's dtype."""
-    from zoo.pretrained import from_pretrained
-
-    return from_pretrained(path_or_repo_id, architecture, mesh=mesh, param_dtype=param_dtype,
-                           axis_rules=rules, **kwargs)
-
-
-def load_onto_mesh(directory: Path, module: nn.Module, mesh: Mesh, *, param_dtype=None,
-                   rng: jax.Array | int = 0, rules=None,
-                   on_tensor: Callable[[str], None] | None = None,
-                   ignore_mismatched_sizes: bool = False) -> tuple[dict, ConversionReport]:
-    """The weights of ``directory`` (HF checkpoint or zoo directory) for ``module``, as
-    arrays sharded over ``mesh`` (``rules`` default :data:`LOGICAL_AXIS_RULES`): the packed
-    params tree / variables dict, and the conversion report. Every shape is checked from
-    the file headers before anything is read; each device's shard is read, transposed and
-    cast (``param_dtype``; None keeps the checkpoint's) on its own. Parameters the
-    checkpoint lacks but may (a fresh task head) are initialised from ``rng`` directly into
-    their shards."""
-    abstract = abstract_variables(module)
-    rules = LOGICAL_AXIS_RULES if rules is None else rules
-    shardings = flatten_variables(_param_shardings(module, abstract, mesh, rules))
-    expected = param_shapes(module, abstract=abstract)
-    np_dtype = None if param_dtype is None else np.dtype(as_dtype(param_dtype))
-    with open_weights(directory) as ckpt:
-        sources, report = plan_params(ckpt, module, expected, ignore_mismatched_sizes=ignore_mismatched_sizes)
-        flat = {}
-        for path, src in sources.items():
-            flat[path] = _sharded_array(ckpt, src, expected[path], shardings[path], np_dtype)
-            if on_tensor:
-                on_tensor(src.key)
-    flat.update(init_flat(module, rng, report.missing, shardings))
-    return pack_variables(flat), report
-
-
-def _sharded_array(ckpt: Checkpoint, src: TensorSource, shape: tuple[int, ...], sharding: NamedSharding,
-                   np_dtype) -> jax.Array:
-    """One parameter built shard by shard from its checkpoint tensor.
-
-    Each distinct shard is read once (devices that replicate it share the host copy); a
-    safetensors shard reads only its slice, a PyTorch pickle reads its tensor whole, once.
-    """
-    dtype = jax.dtypes.canonicalize_dtype(cast(np.empty(0, ckpt.dtype(src.key)), np_dtype).dtype)
-    shards: dict[tuple, np.ndarray] = {}
-    whole: list[np.ndarray] = []  # the tensor of a shard that cannot be sliced in place
-
-    def read(index: tuple[slice, ...]) -> np.ndarray:
-        bounds = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
-        if bounds not in shards:
-            where = src.checkpoint_index(tuple(slice(a, b) for a, b in bounds))
-            if ckpt.sliceable(src.key):
-                value = ckpt.read_slice(src.key, where)
-            else:
-                if not whole:
-                    whole.append(ckpt.get(src.key))
-                value = whole[0][where]
-            shards[bounds] = cast(src.to_flax(value), np_dtype).astype(dtype, copy=False)
-        return shards[bounds]
-
-    return jax.make_array_from_callback(tuple(shape), sharding, read, dtype=dtype)
-
-
 __all__ = [
-    "BATCH_AXES", "LOGICAL_AXIS_RULES", "MESH_AXES", "activation_rules", "activation_sharding", "batch_axes", "batch_sharding", "load_onto_mesh", "load_sharded", "logical_to_spec",
+    "BATCH_AXES", "LOGICAL_AXIS_RULES", "MESH_AXES", "activation_rules", "activation_sharding", "batch_axes", "batch_sharding", "logical_to_spec",
     "make_mesh", "param_shardings", "shard_batch", "shard_params",
 ]
 
@@ -346,7 +256,7 @@ def partition_table(module: nn.Module, mesh: Mesh | jax.sharding.AbstractMesh, r
 
     ``{path: {"shape": [...], "axes": [logical name or None per dim],
     "spec": [mesh axis (a list for several) or None per dim]}}``, with the paths of
-    :func:`zoo.pretrained.param_shapes` (state collections such as ``batch_stats/...``
+    :func:`zoo.initialization.param_shapes` (state collections such as ``batch_stats/...``
     included, their spec replicated). The specs are those of :func:`param_shardings`.
     Built from shapes only (nothing is allocated), so ``mesh`` may be a
     ``jax.sharding.AbstractMesh`` of any size, e.g. the production mesh on a laptop::
@@ -358,7 +268,7 @@ def partition_table(module: nn.Module, mesh: Mesh | jax.sharding.AbstractMesh, r
     ``tests/golden/partition_specs/`` holds such tables (compact) for every architecture.
     """
     abstract = abstract_variables(module)
-    shardings = flatten_variables(_param_shardings(module, abstract, mesh, rules))
+    shardings = flatten_variables(param_shardings(module, mesh, rules, abstract=abstract))
     names = {path: leaf.names for path, leaf in flatten(abstract["params"]).items()
              if isinstance(leaf, nn.Partitioned)}
     shapes = param_shapes(module, abstract=abstract)

@@ -5,8 +5,8 @@ repo's model name in lower case (``data2vec-audio-base`` for ``facebook/data2vec
 the file's ``_name_or_path`` holds the repo id). :func:`init` builds the model of a preset
 with random weights (HF's initialisers), no network and no checkpoint needed::
 
-    model, params = zoo.init("data2vec-audio-base", rng=0)
-    model, params = zoo.init("sew-d-tiny-100k", rng=0, num_hidden_layers=2)   # at debug depth
+    model, variables = zoo.init("data2vec-audio-base", rng=0)
+    model, variables = zoo.init("sew-d-tiny-100k", rng=0, num_hidden_layers=2)   # at debug depth
 
 ``ZOO_CONFIGS_DIR`` points at another directory of presets (e.g. when the package is
 installed without the repository next to it).
@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from zoo.config import ZooConfig
-from zoo.pretrained import build_model, init_params
+from zoo.initialization import init_params
+from zoo.pretrained import Loaded, build_model
 from zoo.registry import get_family
 
 ENV_VAR = "ZOO_CONFIGS_DIR"
@@ -119,8 +120,8 @@ def _override(config: ZooConfig, overrides: dict) -> ZooConfig:
 
 
 def init(preset: str | ZooConfig, rng: jax.Array | int = 0, architecture: str | None = None, *,
-         dtype=jnp.float32, param_dtype=jnp.float32, **overrides) -> tuple[nn.Module, dict]:
-    """``(module, params)`` of a preset with random weights (HF's initialisers).
+         dtype=jnp.float32, param_dtype=jnp.float32, **overrides) -> Loaded:
+    """A preset with random weights (HF's initialisers): ``model, variables = zoo.init(...)``.
 
     preset: a preset name (or its hub repo id), or a config;
     rng: an int seed or a ``jax.random`` key;
@@ -131,7 +132,7 @@ def init(preset: str | ZooConfig, rng: jax.Array | int = 0, architecture: str | 
     """
     config = _override(preset if isinstance(preset, ZooConfig) else load_preset(preset), overrides)
     module = build_model(config, architecture, dtype=dtype, param_dtype=param_dtype)
-    return module, init_params(module, rng)
+    return Loaded(module, init_params(module, rng))
 
 
 __all__ = ["UnknownPresetError", "configs_dir", "init", "list_presets", "load_preset", "preset_path"]

@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import sys
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,163 +24,56 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, KeyMappingError
+from converters.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from converters.mapping import (
     ConversionReport,
     TensorSource,
+    cast,
     cast_dtype,
-    check_shape,
     flax_to_torch,
-    plan_torch_to_flax,
+    plan_params,
     read_source,
     read_sources,
 )
 from converters.readers import Checkpoint, open_checkpoint
 from converters.writers import atomic_directory, save_safetensors, save_safetensors_streamed
+from zoo import parallel
 from zoo.config import ZooConfig
+from zoo.initialization import abstract_variables, init_flat, param_shapes
 from zoo.nn import scan
 from zoo.registry import Family, UnsupportedModelError, family_of_architecture, get_family
+from zoo.tree import DTYPES, as_dtype, check_variables, flatten_variables, pack_variables
 
 ZOO_WEIGHTS = "flax_model.safetensors"
 CONFIG_NAME = "config.json"
 _HUB_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
                  "pytorch_model.bin.index.json", "vocab.json", "tokenizer.json", "*.txt"]
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
+class Loaded(tuple):
+    """What loading gives: unpacks as ``model, variables = zoo.from_pretrained(...)``.
 
-def as_dtype(dtype) -> Any:
-    """``"bfloat16"`` / ``jnp.bfloat16`` / ``np.float32`` -> a jnp dtype (clear error otherwise)."""
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(_DTYPES)}")
-        return _DTYPES[dtype]
-    if jnp.dtype(dtype).name not in _DTYPES:
-        raise ValueError(f"dtype {jnp.dtype(dtype).name!r} is not supported; choose one of {', '.join(_DTYPES)}")
-    return jnp.dtype(dtype).type
-
-
-# ------------------------------------------------------------------ parameter trees
-def flatten(params: Mapping) -> dict[str, Any]:
-    """Nested dict -> ``{"a/b/kernel": leaf}``."""
-    flat = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping):
-            for sub, leaf in flatten(value).items():
-                flat[f"{key}/{sub}"] = leaf
-        else:
-            flat[key] = value
-    return flat
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for path, leaf in flat.items():
-        node = tree
-        *parents, name = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[name] = leaf
-    return tree
-
-
-# Collections besides "params" that checkpoints carry (batch-norm running statistics).
-STATE_COLLECTIONS = ("batch_stats",)
-
-
-def pack_variables(flat: Mapping[str, Any]) -> dict:
-    """Flat ``{"path": leaf}`` (state under ``"batch_stats/..."``) -> the tree a model applies.
-
-    For a model with parameters only this is the params tree (``model.apply({"params": tree})``).
-    For a model with batch-norm statistics it is the variables dict ``{"params": ...,
-    "batch_stats": ...}`` (``model.apply(tree)``); :func:`as_variables` turns either into
-    what ``apply`` takes.
+    model: the Flax module (``model.config`` is its config).
+    variables: the Flax variables dict for ``model.apply(variables, ...)``: ``{"params":
+      ...}``, plus ``"batch_stats"`` for models with batch norm.
+    report: the :class:`ConversionReport` of the load (which checkpoint keys went unused,
+      which parameters were newly initialised, ...); None for random weights.
     """
-    tree = unflatten(flat)
-    state = {c: tree.pop(c) for c in STATE_COLLECTIONS if c in tree}
-    return {"params": tree, **state} if state else tree
 
+    def __new__(cls, model: nn.Module, variables: dict, report: ConversionReport | None = None):
+        loaded = super().__new__(cls, (model, variables))
+        loaded.report = report
+        return loaded
 
-def is_variables(tree: Mapping) -> bool:
-    """True for a variables dict (``{"params": ..., "batch_stats": ...}``) rather than a params tree."""
-    return "params" in tree and set(tree) <= {"params", *STATE_COLLECTIONS}
+    @property
+    def model(self) -> nn.Module:
+        return self[0]
 
+    @property
+    def variables(self) -> dict:
+        return self[1]
 
-def as_variables(tree: Mapping) -> dict:
-    """A params tree or a variables dict -> the variables dict for ``model.apply``."""
-    return dict(tree) if is_variables(tree) else {"params": tree}
-
-
-def flatten_variables(tree: Mapping) -> dict[str, Any]:
-    """Inverse of :func:`pack_variables`: params paths bare, state paths prefixed by their collection."""
-    if not is_variables(tree):
-        return flatten(tree)
-    flat = flatten(tree["params"])
-    for c in STATE_COLLECTIONS:
-        flat.update({f"{c}/{k}": v for k, v in flatten(tree.get(c, {})).items()})
-    return flat
-
-
-def _init(module: nn.Module, rng: jax.Array) -> dict:
-    """``module.init`` on its dummy inputs (their warnings, e.g. about short inputs, muted)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return module.init(rng, **type(module).dummy_inputs(module.config))
-
-
-def _collections(variables: Mapping) -> dict:
-    """Variables as the packed tree (params only, or params + state collections)."""
-    variables = nn.unbox(variables)
-    state = {c: variables[c] for c in STATE_COLLECTIONS if c in variables}
-    return {"params": variables["params"], **state} if state else variables["params"]
-
-
-def abstract_variables(module: nn.Module) -> dict:
-    """``module.init``'s variables as shapes only (``jax.ShapeDtypeStruct`` leaves, still boxed
-    with their logical axis names); nothing is allocated."""
-    return jax.eval_shape(lambda: _init(module, jax.random.key(0)))
-
-
-def param_shapes(module: nn.Module, *, state: bool = True,
-                 abstract: Mapping | None = None) -> dict[str, tuple[int, ...]]:
-    """Flax path -> shape of every parameter (and, with ``state``, of every batch statistic
-    under ``"batch_stats/..."``), without allocating anything (``abstract``: the
-    :func:`abstract_variables` of ``module`` if already at hand)."""
-    abstract = _collections(abstract_variables(module) if abstract is None else abstract)
-    if not state and is_variables(abstract):
-        abstract = abstract["params"]
-    return {p: tuple(v.shape) for p, v in flatten_variables(abstract).items()}
-
-
-def init_params(module: nn.Module, rng: jax.Array | int = 0) -> dict:
-    """Random parameters (HF's initialisers), unboxed; a variables dict for models with
-    batch statistics (see :func:`pack_variables`)."""
-    rng = jax.random.key(rng) if isinstance(rng, int) else rng
-    return _collections(jax.jit(lambda key: _init(module, key))(rng))
-
-
-def init_flat(module: nn.Module, rng: jax.Array | int, paths: Sequence[str],
-              shardings: Mapping[str, jax.sharding.Sharding] | None = None) -> dict[str, jax.Array]:
-    """Fresh values of the parameters at ``paths`` only (flat paths, state under
-    ``"batch_stats/..."``), the same values :func:`init_params` gives them; the other
-    initialisers are never run. ``shardings`` ({path: Sharding}) places each one (each
-    device then holds only its shard)."""
-    paths = list(paths)
-    if not paths:
-        return {}
-    rng = jax.random.key(rng) if isinstance(rng, int) else rng
-
-    def pick(key):
-        flat = flatten_variables(_collections(_init(module, key)))
-        return {p: flat[p] for p in paths}
-
-    out = None if shardings is None else {p: shardings[p] for p in paths}
-    return jax.jit(pick, out_shardings=out)(rng)
-
-
-def logical_axes(module: nn.Module) -> dict:
-    """The logical axis names of every parameter (a ``PartitionSpec`` tree)."""
-    return nn.get_partition_spec(abstract_variables(module))["params"]
-
+    def __repr__(self) -> str:
+        return f"Loaded(model={type(self.model).__name__}, variables=..., report={self.report!r})"
 
 # ------------------------------------------------------------------- resolving
 def resolve_checkpoint(path_or_repo_id: str | os.PathLike) -> Path:
@@ -214,7 +105,6 @@ def resolve_checkpoint(path_or_repo_id: str | os.PathLike) -> Path:
             f"could not be reached ({first})"
         ) from None
 
-
 def read_config(directory: Path) -> tuple[Family, ZooConfig]:
     path = directory / CONFIG_NAME
     if not path.is_file():
@@ -227,7 +117,6 @@ def read_config(directory: Path) -> tuple[Family, ZooConfig]:
         raise CorruptCheckpointError(f"{path}: expected a JSON object")
     family = get_family(data.get("model_type"))
     return family, family.config_class.from_dict(data)
-
 
 def choose_architecture(family: Family, config: ZooConfig, architecture: str | None) -> str:
     if architecture is not None:
@@ -248,7 +137,6 @@ def choose_architecture(family: Family, config: ZooConfig, architecture: str | N
             return name
     return family.base_architecture
 
-
 def build_model(config: ZooConfig, architecture: str | None = None, *, dtype=jnp.float32,
                 param_dtype=jnp.float32, **module_kwargs) -> nn.Module:
     """The Flax module of ``architecture`` (default: the config's, else the bare model)."""
@@ -257,66 +145,23 @@ def build_model(config: ZooConfig, architecture: str | None = None, *, dtype=jnp
     return family.architectures[name](config=config, dtype=as_dtype(dtype),
                                       param_dtype=as_dtype(param_dtype), **module_kwargs)
 
-
 # --------------------------------------------------------------------- loading
 def open_weights(directory: Path) -> Checkpoint:
     """The weights of a checkpoint directory: the zoo file if there is one, else the HF checkpoint."""
     zoo_file = Path(directory) / ZOO_WEIGHTS
     return open_checkpoint(zoo_file if zoo_file.exists() else directory)
 
-
-def plan_params(ckpt: Checkpoint, module: nn.Module, expected: Mapping[str, tuple[int, ...]], *,
-                ignore_mismatched_sizes: bool = False) -> tuple[dict[str, TensorSource], ConversionReport]:
-    """Flax path -> :class:`TensorSource` of every parameter of ``module`` that ``ckpt``
+def plan_checkpoint(ckpt: Checkpoint, module: nn.Module, expected: Mapping[str, tuple[int, ...]], *,
+                    ignore_mismatched_sizes: bool = False) -> tuple[dict[str, TensorSource], ConversionReport]:
+    """Flax path -> :class:`TensorSource` of every variable of ``module`` that ``ckpt``
     provides (``expected``: :func:`param_shapes` of ``module``), every shape checked from the
-    file headers; no tensor is read. Raises :class:`KeyMappingError` on missing parameters
-    (e.g. a checkpoint of another family) or shapes that do not fit, unless
-    ``ignore_mismatched_sizes``: then those are initialised instead (``report.mismatched``)."""
-    if Path(ckpt.path).name != ZOO_WEIGHTS:
-        family = get_family(module.config.model_type)
-        return plan_torch_to_flax(ckpt.keys(), family.key_table, expected, shape_of=ckpt.shape,
-                                  source=str(Path(ckpt.path).parent),
-                                  ignore_mismatched_sizes=ignore_mismatched_sizes)
-    # a zoo directory: Flax paths already; another head of the family loads the same body
-    # (the base-model prefix added or removed), and a head's own parameters may be missing
-    table = get_family(module.config.model_type).key_table
-    prefix = table.base_model_prefix + "/"
-    expects_prefix = any(p.startswith(prefix) for p in expected)
-    keys = list(ckpt.keys())
-    has_prefix = any(k.startswith(prefix) for k in keys)
-    report = ConversionReport(prefix=None if expects_prefix == has_prefix or not keys else
-                              "added" if expects_prefix else "removed")
-    sources, mismatched = {}, set()
-    for key in keys:
-        path = key
-        if expects_prefix and not has_prefix and key.split("/")[0] not in STATE_COLLECTIONS:
-            path = prefix + key
-        elif has_prefix and not expects_prefix:
-            path = key[len(prefix):] if key.startswith(prefix) else None
-        if path not in expected:
-            report.unused.append(key)
-            continue
-        if ignore_mismatched_sizes and tuple(ckpt.shape(key)) != tuple(expected[path]):
-            report.mismatched.append(f"{key} {tuple(ckpt.shape(key))} (the model's {path} is "
-                                     f"{tuple(expected[path])})")
-            mismatched.add(path)
-            continue
-        sources[path] = TensorSource(key, path, torch_layout=False)
-        check_shape(sources[path], ckpt.shape(key), expected, ckpt.path)
-    allowed = [re.compile(p) for p in table.init_if_missing]
-    missing = []
-    for path in expected:
-        if path in sources:
-            continue
-        if path in mismatched or any(a.search(path) for a in allowed):
-            report.missing.append(path)
-        else:
-            missing.append(path)
-    if missing:
-        raise KeyMappingError(f"{ckpt.path}: {len(missing)} parameters missing (wrong family or architecture?): "
-                              f"{', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
-    return sources, report
-
+    file headers; no tensor is read. The planning is :func:`converters.mapping.plan_params`'s,
+    for PyTorch keys (a HF checkpoint) or Flax paths (a zoo directory)."""
+    zoo_dir = Path(ckpt.path).name == ZOO_WEIGHTS
+    return plan_params(ckpt.keys(), get_family(module.config.model_type).key_table, expected,
+                       layout="flax" if zoo_dir else "torch", shape_of=ckpt.shape,
+                       source=str(ckpt.path if zoo_dir else Path(ckpt.path).parent),
+                       ignore_mismatched_sizes=ignore_mismatched_sizes)
 
 def checkpoint_dtype(ckpt: Checkpoint):
     """The storage dtype of most floating tensors of ``ckpt`` (float32 when it is none of
@@ -324,11 +169,10 @@ def checkpoint_dtype(ckpt: Checkpoint):
     counts: dict[str, int] = {}
     for key in ckpt.keys():
         name = np.dtype(ckpt.dtype(key)).name
-        if name in _DTYPES or name == "float64":
+        if name in DTYPES or name == "float64":
             counts[name] = counts.get(name, 0) + 1
     best = max(counts, key=counts.get, default="float32")
-    return _DTYPES.get(best, jnp.float32)
-
+    return DTYPES.get(best, jnp.float32)
 
 def load_flat_params(
     directory: Path,
@@ -339,18 +183,16 @@ def load_flat_params(
     place: Callable[[np.ndarray], Any] | None = None,
     ignore_mismatched_sizes: bool = False,
 ) -> tuple[dict[str, np.ndarray], ConversionReport]:
-    """Read (and convert if needed) the weights of ``directory`` for ``module`` as numpy
-    (or, with ``place``, as what ``place`` makes of each tensor right after reading it)."""
+    """Read (and convert if needed) the weights of ``directory`` for ``module`` as flat numpy
+    arrays (or, with ``place``, as what ``place`` makes of each tensor right after reading it)."""
     expected = param_shapes(module)
     with open_weights(directory) as ckpt:
-        sources, report = plan_params(ckpt, module, expected, ignore_mismatched_sizes=ignore_mismatched_sizes)
+        sources, report = plan_checkpoint(ckpt, module, expected, ignore_mismatched_sizes=ignore_mismatched_sizes)
         return read_sources(ckpt.get, sources, expected, dtype=_np_dtype(param_dtype), source=ckpt.path,
                             on_tensor=on_tensor, place=place), report
 
-
 def _np_dtype(param_dtype) -> np.dtype | None:
     return None if param_dtype is None else np.dtype(as_dtype(param_dtype))
-
 
 def from_pretrained(
     path_or_repo_id: str | os.PathLike,
@@ -359,22 +201,20 @@ def from_pretrained(
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rng: jax.Array | int = 0,
-    return_report: bool = False,
     progress: bool = False,
     mesh: jax.sharding.Mesh | None = None,
     axis_rules=None,
     config: ZooConfig | None = None,
     ignore_mismatched_sizes: bool = False,
     **module_kwargs,
-):
-    """``(model, params)`` from a HF PyTorch checkpoint, a zoo directory or a hub repo id.
+) -> Loaded:
+    """The model of a HF PyTorch checkpoint, a zoo directory or a hub repo id, and its variables.
 
-    ``params`` is the params tree (``model.apply({"params": params}, ...)``), or for a
-    model with batch-norm statistics the variables dict ``{"params", "batch_stats"}``
-    (``model.apply(params, ...)``); ``as_variables(params)`` gives the dict in both cases.
+    Returns :class:`Loaded`: ``model, variables = zoo.from_pretrained(path)``, then
+    ``model.apply(variables, ...)``; ``.report`` says what the conversion did.
 
     progress: show a progress bar on stderr for checkpoints over 100 MB.
-    dtype: compute dtype; param_dtype: storage dtype of the returned params (None keeps
+    dtype: compute dtype; param_dtype: storage dtype of the returned variables (None keeps
     the checkpoint's: a bfloat16 checkpoint stays bfloat16).
     mesh: load straight onto this device mesh (:func:`zoo.parallel.make_mesh`): every
     parameter is sharded by its logical axis names (``axis_rules``, default
@@ -382,7 +222,7 @@ def from_pretrained(
     checkpoint, so a model larger than one device's memory loads.
     Parameters a task head needs but the checkpoint lacks (declared by the family's key
     table, e.g. a classifier on top of a pretrained body) are initialised from ``rng``
-    and listed in the report (``return_report=True`` returns ``(model, params, report)``).
+    and listed in ``report.missing``.
     config: build the model from this config instead of the checkpoint's (same family),
     e.g. with another ``num_labels``; ``ignore_mismatched_sizes=True`` then initialises the
     parameters whose checkpoint shape no longer fits (a classifier for other labels) instead
@@ -405,17 +245,15 @@ def from_pretrained(
     stored = _stored_layout_module(directory, module)
     with _progress_bar(directory, enabled=progress) as on_tensor:
         if mesh is not None:
-            from zoo import parallel
-
-            params, report = parallel.load_onto_mesh(directory, stored, mesh, param_dtype=param_dtype, rng=rng,
-                                                     rules=axis_rules, on_tensor=on_tensor,
-                                                     ignore_mismatched_sizes=ignore_mismatched_sizes)
+            rules = parallel.LOGICAL_AXIS_RULES if axis_rules is None else axis_rules
+            flat, report = _load_onto_mesh(directory, stored, mesh, param_dtype=param_dtype, rng=rng,
+                                           rules=rules, on_tensor=on_tensor,
+                                           ignore_mismatched_sizes=ignore_mismatched_sizes)
             if stored is not module:  # restacked on the devices, then laid out as the module's parameters
-                shardings = flatten_variables(parallel.param_shardings(
-                    module, mesh, parallel.LOGICAL_AXIS_RULES if axis_rules is None else axis_rules))
-                flat = _to_layout(flatten_variables(params), module, module.scan_layers, stack=jnp.stack)
-                params = pack_variables({p: jax.device_put(v, shardings[p]) for p, v in flat.items()})
-            return (module, params, report) if return_report else (module, params)
+                shardings = flatten_variables(parallel.param_shardings(module, mesh, rules))
+                flat = {p: jax.device_put(v, shardings[p])
+                        for p, v in _to_layout(flat, module, module.scan_layers, stack=jnp.stack).items()}
+            return Loaded(module, pack_variables(flat), report)
         # each tensor goes to the device as soon as it is read: the model is never in memory twice
         # (a layout conversion restacks on the host first)
         flat, report = load_flat_params(directory, stored, param_dtype=param_dtype, on_tensor=on_tensor,
@@ -424,9 +262,84 @@ def from_pretrained(
     if stored is not module:
         flat = {p: jax.device_put(v) for p, v in _to_layout(flat, module, module.scan_layers).items()}
     flat.update(init_flat(module, rng, report.missing))
-    params = pack_variables(flat)
-    return (module, params, report) if return_report else (module, params)
+    return Loaded(module, pack_variables(flat), report)
 
+def from_state_dict(state_dict: Mapping[str, Any], config: ZooConfig | Mapping[str, Any],
+                    architecture: str | None = None, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                    rng: jax.Array | int = 0, **module_kwargs) -> Loaded:
+    """The model of ``config`` with the weights of a PyTorch ``state_dict`` (in memory).
+
+    state_dict: HF PyTorch keys -> numpy arrays (e.g. ``{k: v.numpy() for k, v in
+      hf_model.state_dict().items()}``), converted by the family's key table as
+      :func:`from_pretrained` converts a checkpoint file.
+    config: a zoo config, or an HF config dict (``hf_model.config.to_dict()``).
+    architecture: default the config's ``architectures``, else the bare model.
+    Returns :class:`Loaded` (``model, variables``; ``.report``); a head's parameters the
+    state dict lacks are initialised from ``rng`` and listed in ``report.missing``.
+    """
+    if not isinstance(config, ZooConfig):
+        config = get_family(config.get("model_type")).config_class.from_dict(dict(config))
+    module = build_model(config, architecture, dtype=dtype, param_dtype=param_dtype, **module_kwargs)
+    expected = param_shapes(module)
+    arrays = {k: np.asarray(v) for k, v in state_dict.items()}
+    sources, report = plan_params(arrays, get_family(config.model_type).key_table, expected,
+                                  shape_of=lambda k: arrays[k].shape, source="state dict")
+    flat = read_sources(arrays.__getitem__, sources, expected, dtype=_np_dtype(param_dtype),
+                        source="state dict", place=jax.device_put)
+    flat.update(init_flat(module, rng, report.missing))
+    return Loaded(module, pack_variables(flat), report)
+
+def _load_onto_mesh(directory: Path, module: nn.Module, mesh: jax.sharding.Mesh, *, param_dtype, rng, rules,
+                    on_tensor: Callable[[str], None] | None,
+                    ignore_mismatched_sizes: bool) -> tuple[dict[str, jax.Array], ConversionReport]:
+    """The flat variables of ``directory`` for ``module`` as arrays sharded over ``mesh`` by
+    ``rules``, and the report. Every shape is checked from the file headers before anything
+    is read; each parameter is built with ``jax.make_array_from_callback``, so each device
+    asks for its own slice, read from the memory-mapped safetensors file as a slice of the
+    PyTorch tensor (a kernel is a transposed weight, so its slice is a transposed slice),
+    converted and cast (``param_dtype``; None keeps the checkpoint's) on its own. The host
+    holds about one parameter at a time and no device more than its shards; on many hosts
+    each process reads the slices of its own devices. Parameters the checkpoint may lack (a
+    fresh task head) are initialised from ``rng`` directly into their shards."""
+    abstract = abstract_variables(module)
+    shardings = flatten_variables(parallel.param_shardings(module, mesh, rules, abstract=abstract))
+    expected = param_shapes(module, abstract=abstract)
+    with open_weights(directory) as ckpt:
+        sources, report = plan_checkpoint(ckpt, module, expected, ignore_mismatched_sizes=ignore_mismatched_sizes)
+        flat = {}
+        for path, src in sources.items():
+            flat[path] = _sharded_array(ckpt, src, expected[path], shardings[path], _np_dtype(param_dtype))
+            if on_tensor:
+                on_tensor(src.key)
+    flat.update(init_flat(module, rng, report.missing, shardings))
+    return flat, report
+
+def _sharded_array(ckpt: Checkpoint, src: TensorSource, shape: tuple[int, ...],
+                   sharding: jax.sharding.NamedSharding, np_dtype) -> jax.Array:
+    """One parameter built shard by shard from its checkpoint tensor.
+
+    Each distinct shard is read once (devices that replicate it share the host copy); a
+    safetensors shard reads only its slice, a PyTorch pickle (which cannot be sliced in
+    place) reads its tensor whole, once.
+    """
+    dtype = jax.dtypes.canonicalize_dtype(cast(np.empty(0, ckpt.dtype(src.key)), np_dtype).dtype)
+    shards: dict[tuple, np.ndarray] = {}
+    whole: list[np.ndarray] = []  # the tensor of a shard that cannot be sliced in place
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        bounds = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+        if bounds not in shards:
+            where = src.checkpoint_index(tuple(slice(a, b) for a, b in bounds))
+            if ckpt.sliceable(src.key):
+                value = ckpt.read_slice(src.key, where)
+            else:
+                if not whole:
+                    whole.append(ckpt.get(src.key))
+                value = whole[0][where]
+            shards[bounds] = cast(src.to_flax(value), np_dtype).astype(dtype, copy=False)
+        return shards[bounds]
+
+    return jax.make_array_from_callback(tuple(shape), sharding, read, dtype=dtype)
 
 def _stored_layout_module(directory: Path, module: nn.Module) -> nn.Module:
     """``module``, or its clone with the other ``scan_layers`` when the weights of
@@ -443,7 +356,6 @@ def _stored_layout_module(directory: Path, module: nn.Module) -> nn.Module:
         return module
     return module.clone(scan_layers=stored == "stacked")
 
-
 def _to_layout(flat: Mapping[str, Any], module: nn.Module, stacked: bool, stack=np.stack) -> dict[str, Any]:
     """Flat parameters of ``module`` (either layer layout) in the stacked or per-layer one."""
     layout = scan.module_layer_layout(module)
@@ -452,7 +364,6 @@ def _to_layout(flat: Mapping[str, Any], module: nn.Module, stacked: bool, stack=
             raise ValueError(f"{type(module).__name__} has no stacked layer layout (no scan_layers option)")
         return dict(flat)
     return scan.to_layout(flat, "stacked" if stacked else "per_layer", *layout[1:], stack=stack)
-
 
 @contextlib.contextmanager
 def _progress_bar(directory: Path, enabled: bool):
@@ -471,24 +382,20 @@ def _progress_bar(directory: Path, enabled: bool):
     with tqdm(total=total, unit="tensor", desc=f"loading {directory.name}", file=sys.stderr) as bar:
         yield lambda _key: bar.update()
 
-
 # ---------------------------------------------------------------------- saving
 def _config_dict(module: nn.Module) -> dict:
     data = module.config.to_dict()
     data["architectures"] = [type(module).__name__]
     return data
 
-
 # Files next to the weights that preprocessing needs (tokenizer, feature extractor).
 AUXILIARY_FILES = ("vocab.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "tokenizer.json", "preprocessor_config.json")
 
-
 def auxiliary_files(directory: str | os.PathLike) -> list[Path]:
     return [Path(directory) / name for name in AUXILIARY_FILES if (Path(directory) / name).is_file()]
 
-
-def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, params: Mapping,
+def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, variables: Mapping,
                     extra_files: Sequence[str | os.PathLike] = (), *, stacked: bool = False) -> Path:
     """Write ``config.json`` + ``flax_model.safetensors`` (+ copies of ``extra_files``); all or nothing.
 
@@ -496,9 +403,8 @@ def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, params: Mappi
     whether or not the model scans them; ``stacked=True`` writes them stacked
     (``encoder/layers/...`` with a leading layer axis) instead. ``from_pretrained`` reads
     both into either kind of model."""
-    flat = {k: np.asarray(v) for k, v in flatten_variables(nn.unbox(params)).items()}
+    flat = {k: np.asarray(v) for k, v in _flat_variables(variables, module).items()}
     return _save_flat(out_dir, module, _to_layout(flat, module, stacked), extra_files)
-
 
 def convert(src: str | os.PathLike, out_dir: str | os.PathLike, architecture: str | None = None, *,
             param_dtype=None, progress: bool = False) -> tuple[nn.Module, ConversionReport]:
@@ -513,7 +419,7 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike, architecture: st
         module = build_model(config, architecture,
                              param_dtype=checkpoint_dtype(ckpt) if param_dtype is None else param_dtype)
         expected = param_shapes(module)
-        sources, report = plan_params(ckpt, module, expected)
+        sources, report = plan_checkpoint(ckpt, module, expected)
         fresh = {p: np.asarray(v) for p, v in init_flat(module, 0, report.missing).items()}
         specs = {p: (cast_dtype(ckpt.dtype(s.key), np_dtype), expected[p]) for p, s in sources.items()}
         specs.update({p: (v.dtype, v.shape) for p, v in fresh.items()})
@@ -530,16 +436,19 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike, architecture: st
                 specs, load, file, metadata=_zoo_metadata(module)), auxiliary_files(directory))
     return module, report
 
+def _flat_variables(variables: Mapping, module: nn.Module) -> dict[str, Any]:
+    """The flat variables of ``module`` (clear errors for a params tree or doubly wrapped dict)."""
+    variables = nn.unbox(variables)
+    check_variables(variables, type(module).__name__)
+    return flatten_variables(variables)
 
 def _zoo_metadata(module: nn.Module) -> dict[str, str]:
     return {"format": "zoo-flax", "architecture": type(module).__name__}
-
 
 def _save_flat(out_dir, module: nn.Module, flat: Mapping[str, np.ndarray],
                extra_files: Sequence[str | os.PathLike]) -> Path:
     return _write_zoo_dir(out_dir, module, lambda file: save_safetensors(flat, file, _zoo_metadata(module)),
                           extra_files)
-
 
 def _write_zoo_dir(out_dir, module: nn.Module, write_weights: Callable[[Path], None],
                    extra_files: Sequence[str | os.PathLike]) -> Path:
@@ -552,13 +461,12 @@ def _write_zoo_dir(out_dir, module: nn.Module, write_weights: Callable[[Path], N
         write_weights(tmp / ZOO_WEIGHTS)
     return Path(out_dir)
 
-
-def export_pytorch(out_dir: str | os.PathLike, module: nn.Module, params: Mapping, *,
+def export_pytorch(out_dir: str | os.PathLike, module: nn.Module, variables: Mapping, *,
                    include_aliases: bool = False, extra_files: Sequence[str | os.PathLike] = ()) -> Path:
     """Write a HF PyTorch checkpoint (``config.json`` + ``model.safetensors``); scanned
     (stacked) layers are written per layer, as HF's keys."""
     family = get_family(module.config.model_type)
-    flat = {k: np.asarray(v) for k, v in flatten_variables(nn.unbox(params)).items()}
+    flat = {k: np.asarray(v) for k, v in _flat_variables(variables, module).items()}
     flat = _to_layout(flat, module, stacked=False)
     state = flax_to_torch(flat, family.key_table, include_aliases=include_aliases)
     with atomic_directory(out_dir) as tmp:
@@ -569,10 +477,8 @@ def export_pytorch(out_dir: str | os.PathLike, module: nn.Module, params: Mappin
         save_safetensors(state, tmp / "model.safetensors", metadata={"format": "pt"})
     return Path(out_dir)
 
-
 __all__ = [
-    "CheckpointError", "as_dtype", "as_variables", "flatten_variables", "is_variables", "pack_variables", "build_model", "export_pytorch", "flatten", "from_pretrained",
-    "abstract_variables", "init_flat", "init_params", "load_flat_params", "logical_axes", "open_weights",
-    "param_shapes", "plan_params", "read_config",
-    "resolve_checkpoint", "save_pretrained", "unflatten",
+    "CheckpointError", "Loaded", "auxiliary_files", "build_model", "checkpoint_dtype", "convert", "export_pytorch",
+    "from_pretrained", "from_state_dict", "load_flat_params", "open_weights", "plan_checkpoint", "read_config",
+    "resolve_checkpoint", "save_pretrained",
 ]

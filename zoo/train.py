@@ -68,8 +68,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from zoo.parallel import LOGICAL_AXIS_RULES, _param_shardings, activation_sharding, batch_sharding
-from zoo.pretrained import abstract_variables, as_dtype, as_variables
+from zoo.initialization import abstract_variables
+from zoo.parallel import LOGICAL_AXIS_RULES, activation_sharding, batch_sharding, param_shardings
+from zoo.tree import as_dtype, check_variables
 
 
 # ------------------------------------------------------------------------ paths & masks
@@ -198,10 +199,6 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
-# what `zoo finetune` trains (zoo.finetune maps each to a head, a loss and a data format)
-TASKS = ("text_classification", "speech_recognition_ctc", "image_classification")
-
-
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How to fine-tune (defaults: HF ``TrainingArguments``' where they exist).
@@ -221,7 +218,8 @@ class Recipe:
     remat: ``"none"``, ``"full"``, ``"dots"`` or ``"dots_with_no_batch_dims"``.
     seed: the train state's rng (dropout, stochastic depth, ...) and the data order of
       ``zoo finetune``.
-    task: what ``zoo finetune`` trains (one of :data:`TASKS`; None for library use).
+    task: what ``zoo finetune`` trains (a name in :data:`zoo.tasks.TASKS`, checked there; None
+      for library use).
     description: free text.
     """
 
@@ -249,11 +247,13 @@ class Recipe:
     def __post_init__(self):
         object.__setattr__(self, "frozen", tuple(self.frozen))
         choices = {"optimizer": ("adamw",), "schedule": SCHEDULES, "compute_dtype": COMPUTE_DTYPES,
-                   "remat": tuple(REMAT_POLICIES), "task": (None, *TASKS)}
+                   "remat": tuple(REMAT_POLICIES)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"recipe {name}={getattr(self, name)!r} is not supported; "
                                  f"choose one of {', '.join(map(repr, allowed))}")
+        if self.task is not None and not isinstance(self.task, str):
+            raise ValueError(f"recipe task={self.task!r} must be a task name (a string) or null")
         if self.schedule != "constant" and self.total_steps is None:
             raise ValueError(f"recipe schedule={self.schedule!r} needs total_steps")
         if self.total_steps is not None and not 0 <= self.warmup_steps < self.total_steps:
@@ -340,14 +340,20 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
 
+    @property
+    def variables(self) -> dict:
+        """The model's variables dict of this state: ``model.apply(state.variables, ...)``."""
+        return {"params": self.params, **({} if self.batch_stats is None else {"batch_stats": self.batch_stats})}
+
     @classmethod
-    def create(cls, module: nn.Module, params, recipe: Recipe, *, mesh: Mesh | None = None,
+    def create(cls, module: nn.Module, variables, recipe: Recipe, *, mesh: Mesh | None = None,
                rules=LOGICAL_AXIS_RULES) -> "TrainState":
-        """The initial state for ``params`` (a params tree, or the variables dict of a model
-        with batch statistics): floating parameters cast to float32, the optimizer state of
-        :func:`make_optimizer`, ``rng`` from ``recipe.seed``. With ``mesh`` every array is
-        placed by :func:`state_shardings` (what :func:`make_train_step` expects)."""
-        variables = as_variables(nn.unbox(params))
+        """The initial state for ``variables`` (the model's variables dict, as
+        :func:`zoo.from_pretrained` gives it): floating parameters cast to float32, the
+        optimizer state of :func:`make_optimizer`, ``rng`` from ``recipe.seed``. With ``mesh``
+        every array is placed by :func:`state_shardings` (what :func:`make_train_step` expects)."""
+        variables = dict(nn.unbox(variables))
+        check_variables(variables, type(module).__name__)
         tx = make_optimizer(recipe)
 
         def init(variables):
@@ -369,8 +375,8 @@ def state_shardings(module: nn.Module, recipe: Recipe, mesh: Mesh, rules=LOGICAL
     parameter (Adam's ``mu`` / ``nu``) like that parameter (matched by path and shape);
     the rest (counters, rng, batch statistics) replicated. Nothing is allocated."""
     abstract = abstract_variables(module)
-    variables = as_variables(_param_shardings(module, abstract, mesh, rules))
-    params = as_variables(nn.unbox(abstract))["params"]
+    variables = param_shardings(module, mesh, rules, abstract=abstract)
+    params = nn.unbox(abstract)["params"]
     opt_state = jax.eval_shape(lambda p: make_optimizer(recipe).init(jax.tree.map(_master, p)), params)
     replicated = NamedSharding(mesh, PartitionSpec())
     return TrainState(step=replicated, params=variables["params"], batch_stats=variables.get("batch_stats"),
@@ -399,19 +405,18 @@ def _like_params(tree, params, shardings, default):
 RNG_STREAMS = ("dropout", "drop_path", "random_blocks", "gumbel")
 
 
-def model_loss(params, batch, rng, module: nn.Module, *, deterministic: bool = False, **apply_kwargs):
+def model_loss(variables, batch, rng, module: nn.Module, *, deterministic: bool = False, **apply_kwargs):
     """The model's own loss (the zoo heads compute HF's loss when ``batch`` has ``labels``):
     ``(loss, aux)``, aux holding updated ``batch_stats`` for models that have them. ``rng``
     feeds every stream a zoo model draws from (:data:`RNG_STREAMS`)."""
-    out, aux = _apply(params, batch, rng, module, deterministic, apply_kwargs)
+    out, aux = _apply(variables, batch, rng, module, deterministic, apply_kwargs)
     return out.loss, aux
 
 
-def _apply(params, batch, rng, module, deterministic, apply_kwargs):
+def _apply(variables, batch, rng, module, deterministic, apply_kwargs):
     if "labels" not in batch:
         raise ValueError(f"the batch has no 'labels' (its keys: {', '.join(batch)}): {type(module).__name__} "
                          f"computes its loss from them")
-    variables = as_variables(params)
     mutable = [c for c in variables if c != "params"] if not deterministic else []
     rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(RNG_STREAMS)}
     out = module.apply(variables, **batch, deterministic=deterministic, rngs=rngs, mutable=mutable or False,
@@ -419,12 +424,12 @@ def _apply(params, batch, rng, module, deterministic, apply_kwargs):
     return out if mutable else (out, {})
 
 
-def sequence_classification_loss(params, batch, rng, module: nn.Module, *, deterministic: bool = False,
+def sequence_classification_loss(variables, batch, rng, module: nn.Module, *, deterministic: bool = False,
                                  **apply_kwargs):
     """HF's classification loss of a ``...ForSequenceClassification`` / ``...ForImageClassification``
     head (cross entropy, regression or multi-label by ``problem_type``), with ``accuracy`` in aux
     for integer labels."""
-    out, aux = _apply(params, batch, rng, module, deterministic, apply_kwargs)
+    out, aux = _apply(variables, batch, rng, module, deterministic, apply_kwargs)
     labels = jnp.asarray(batch["labels"])
     if jnp.issubdtype(labels.dtype, jnp.integer) and labels.ndim == out.logits.ndim - 1:
         aux = {**aux, "accuracy": jnp.mean(jnp.argmax(out.logits, -1) == labels)}
@@ -434,14 +439,14 @@ def sequence_classification_loss(params, batch, rng, module: nn.Module, *, deter
 image_classification_loss = sequence_classification_loss  # the same head loss on pooled image features
 
 
-def ctc_loss(params, batch, rng, module: nn.Module, *, deterministic: bool = False, **apply_kwargs):
+def ctc_loss(variables, batch, rng, module: nn.Module, *, deterministic: bool = False, **apply_kwargs):
     """HF's CTC loss of a ``...ForCTC`` head: ``batch`` holds ``input_values``, optionally
     ``attention_mask``, and ``labels [B, U]`` padded with -100 (``ctc_loss_reduction`` and
     ``ctc_zero_infinity`` from the model config)."""
     if "labels" in batch and np.ndim(batch["labels"]) != 2:
         raise ValueError(f"CTC labels must be [batch, max_label_length] padded with -100, got shape "
                          f"{np.shape(batch['labels'])}")
-    return model_loss(params, batch, rng, module, deterministic=deterministic, **apply_kwargs)
+    return model_loss(variables, batch, rng, module, deterministic=deterministic, **apply_kwargs)
 
 
 # ---------------------------------------------------------------------------- the step
@@ -452,7 +457,8 @@ def _grads(module, recipe: Recipe, loss_fn, params, batch_stats, batch, rng):
     def loss(p, batch, rng, stats):
         if frozen is not None:
             p = jax.tree.map(lambda x, label: jax.lax.stop_gradient(x) if label == "frozen" else x, p, frozen)
-        value, aux = loss_fn(p if stats is None else {"params": p, "batch_stats": stats}, batch, rng, module)
+        value, aux = loss_fn({"params": p} if stats is None else {"params": p, "batch_stats": stats}, batch, rng,
+                             module)
         return jnp.asarray(value, jnp.float32), aux
 
     if recipe.remat != "none" and not _has_remat_hook(module):
@@ -526,7 +532,7 @@ def make_train_step(module: nn.Module, recipe: Recipe, loss_fn: Callable, *, mes
                     rules=LOGICAL_AXIS_RULES) -> Callable:
     """``step(state, batch) -> (state, metrics)``, one ``jax.jit`` donating ``state``.
 
-    loss_fn: ``loss_fn(params, batch, rng, module) -> (loss, aux)`` (``aux`` a dict: scalar
+    loss_fn: ``loss_fn(variables, batch, rng, module) -> (loss, aux)`` (``aux`` a dict: scalar
       entries become metrics, ``batch_stats`` updates the state's); :func:`model_loss`,
       :func:`sequence_classification_loss`, :func:`image_classification_loss`, :func:`ctc_loss`.
     mesh: shard the step: ``state`` must be placed by :func:`state_shardings` (as
@@ -636,7 +642,7 @@ def split_batch(batch, devices: Sequence[jax.Device] | None = None):
 
 
 __all__ = [
-    "COMPUTE_DTYPES", "REMAT_POLICIES", "RNG_STREAMS", "Recipe", "SCHEDULES", "TASKS", "TrainState", "ctc_loss",
+    "COMPUTE_DTYPES", "REMAT_POLICIES", "RNG_STREAMS", "Recipe", "SCHEDULES", "TrainState", "ctc_loss",
     "decay_mask", "freeze", "image_classification_loss", "layer_decay_scales", "layer_ids", "make_optimizer",
     "make_pmap_train_step", "make_schedule", "make_train_step", "model_loss", "replicate",
     "sequence_classification_loss", "split_batch", "state_shardings", "trainable_labels", "unreplicate",

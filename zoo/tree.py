@@ -20,17 +20,17 @@ import jax.numpy as jnp
 # Collections besides "params" that checkpoints carry (batch-norm running statistics).
 STATE_COLLECTIONS = ("batch_stats",)
 COLLECTIONS = ("params", *STATE_COLLECTIONS)
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def as_dtype(dtype) -> Any:
     """``"bfloat16"`` / ``jnp.bfloat16`` / ``np.float32`` -> a jnp dtype (clear error otherwise)."""
     if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(_DTYPES)}")
-        return _DTYPES[dtype]
-    if jnp.dtype(dtype).name not in _DTYPES:
-        raise ValueError(f"dtype {jnp.dtype(dtype).name!r} is not supported; choose one of {', '.join(_DTYPES)}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    if jnp.dtype(dtype).name not in DTYPES:
+        raise ValueError(f"dtype {jnp.dtype(dtype).name!r} is not supported; choose one of {', '.join(DTYPES)}")
     return jnp.dtype(dtype).type
 
 
@@ -102,5 +102,5 @@ def check_variables(variables: Any, what: str = "model") -> None:
                          f"{', '.join(COLLECTIONS)}")
 
 
-__all__ = ["COLLECTIONS", "STATE_COLLECTIONS", "as_dtype", "check_variables", "flatten", "flatten_variables",
+__all__ = ["COLLECTIONS", "DTYPES", "STATE_COLLECTIONS", "as_dtype", "check_variables", "flatten", "flatten_variables",
            "pack_variables", "unflatten"]
