@@ -18,6 +18,23 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+IMPLEMENTATIONS = (None, "xla", "cudnn")
+
+
+def _check_cudnn(return_probs: bool, dropout_active: bool, head_mask) -> None:
+    """``implementation="cudnn"`` asked for explicitly: refuse what cuDNN's fused kernel cannot do
+    (rather than silently dropping it). The automatic choice falls back to XLA instead."""
+    unsupported = [what for what, asked in (
+        ("attention dropout in training (dropout_rate > 0 with deterministic=False)", dropout_active),
+        ("head_mask", head_mask is not None),
+        ("returning the attention probabilities (return_probs / output_attentions)", return_probs),
+    ) if asked]
+    if unsupported:
+        raise ValueError(f"implementation='cudnn' cannot do {', '.join(unsupported)}: cuDNN's fused attention "
+                         "has no such input or output; use implementation=None (XLA where cuDNN does not "
+                         "apply) or 'xla'")
+
+
 def _use_cudnn(query: Array, return_probs: bool, dropout_active: bool, head_mask) -> bool:
     """cuDNN flash attention applies on GPU in half precision when no probs are needed."""
     return (
@@ -59,7 +76,9 @@ def dot_product_attention(
       scale: defaults to ``D ** -0.5``.
       dropout_rate, dropout_rng, deterministic: dropout on the probabilities.
       return_probs: also return the probabilities ``[B, H, Lq, Lk]``.
-      implementation: ``None`` (cuDNN when it applies, else XLA), ``"xla"`` or ``"cudnn"``.
+      implementation: ``None`` (cuDNN when it applies, else XLA), ``"xla"`` or ``"cudnn"``
+        (a ValueError if dropout in training, ``head_mask`` or ``return_probs`` is asked for,
+        which cuDNN's fused kernel cannot do).
     """
     if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
         raise ValueError(
@@ -72,6 +91,10 @@ def dot_product_attention(
     scale = head_dim**-0.5 if scale is None else scale
     dropout_active = dropout_rate > 0.0 and not deterministic
 
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {implementation!r} is not one of {IMPLEMENTATIONS}")
+    if implementation == "cudnn":
+        _check_cudnn(return_probs, dropout_active, head_mask)
     if implementation == "cudnn" or (
         implementation is None and _use_cudnn(query, return_probs, dropout_active, head_mask)
     ):

@@ -40,21 +40,29 @@ from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import losses
 from zoo.nn.bert import (
-    BertClassificationHead,
     BertEncoder,
-    BertHead,
     BertIntermediate,
     BertPreTrainingHeads,
     BertResidualOutput,
     cross_attention_inputs,
     embedding_tables,
-    flatten_choices,
     init_cache,
     self_attention_setup,
     text_inputs,
 )
 from zoo.nn.kv_cache import KVCache
 from zoo.nn.layers import ACT2FN, Dense, LayerNorm
+from zoo.nn.module import PretrainedModule
+from zoo.nn.text_heads import (
+    CausalLMHead,
+    MaskedLMHead,
+    MultipleChoiceHead,
+    SequenceClassificationHead,
+    TextHead,
+    TokenClassificationHead,
+    call_inputs,
+    span_logits,
+)
 
 Array = jax.Array
 
@@ -178,7 +186,7 @@ class BigBirdEmbeddings(nn.Module):
         return LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="LayerNorm")(x)
 
 
-class BigBirdModel(nn.Module):
+class BigBirdModel(PretrainedModule):
     """The bare encoder (decoder when ``is_decoder``): ``[B, L]`` ids -> ``[B, L, hidden]``.
 
     Decoding: ``past_key_values=model.init_cache(batch, max_length)`` gives a fixed-size
@@ -286,8 +294,9 @@ class BigBirdModel(nn.Module):
         return {"input_ids": jnp.full((1, 4), config.pad_token_id + 1, jnp.int32)}
 
 
-class _Head(BertHead, nn.Module):
-    """Shared fields of the heads; ``base()`` builds the ``bert`` submodule."""
+class _Head(TextHead):
+    """Shared fields of the heads; ``body()`` builds the ``bert`` submodule (with its pooler
+    unless a head says otherwise)."""
 
     config: BigBirdConfig
     attention_fn: Callable = dot_product_attention
@@ -299,20 +308,21 @@ class _Head(BertHead, nn.Module):
     remat_policy: str | None = None
 
     layer_layout = LAYER_LAYOUT
+    body_class = BigBirdModel
+    pooling_by_default = True
 
-    def base(self, add_pooling_layer: bool = True) -> BigBirdModel:
-        return BigBirdModel(self.config, add_pooling_layer, self.attention_fn, self.dtype, self.param_dtype,
-                            self.inference_random_seed, self.block_sparse_dropout, self.scan_layers,
-                            self.remat_policy, name="bert")
+    def body(self, *, add_pooling_layer: bool, **inputs) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
+        return BigBirdModel(
+            config=self.config, add_pooling_layer=add_pooling_layer, attention_fn=self.attention_fn,
+            dtype=self.dtype, param_dtype=self.param_dtype, inference_random_seed=self.inference_random_seed,
+            block_sparse_dropout=self.block_sparse_dropout, scan_layers=self.scan_layers,
+            remat_policy=self.remat_policy, name="bert")(**inputs)
 
-    @staticmethod
-    def dummy_inputs(config: BigBirdConfig) -> dict:
-        return {"input_ids": BigBirdModel.dummy_inputs(config)["input_ids"]}
+    def lm_head(self) -> BertPreTrainingHeads:
+        return BertPreTrainingHeads(self.config, False, self.dtype, self.param_dtype, name="cls")
 
-
-def _encoder_kwargs(output_attentions, output_hidden_states, deterministic):
-    return dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                deterministic=deterministic)
+    def classifier_activation(self) -> str:
+        return self.config.hidden_act
 
 
 class BigBirdForPreTraining(_Head):
@@ -322,8 +332,10 @@ class BigBirdForPreTraining(_Head):
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, labels=None, next_sentence_label=None, output_attentions=False,
                  output_hidden_states=False, deterministic=True) -> out.BigBirdForPreTrainingOutput:
-        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
+        o = self.encode(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, inputs_embeds=inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                        deterministic=deterministic)
         logits, seq_relationship = BertPreTrainingHeads(self.config, True, self.dtype, self.param_dtype,
                                                         name="cls")(
             o.last_hidden_state, self.shared_embedding(), o.pooler_output)
@@ -337,105 +349,51 @@ class BigBirdForPreTraining(_Head):
                                                hidden_states=o.hidden_states, attentions=o.attentions)
 
 
-class BigBirdForMaskedLM(_Head):
-    dummy_inputs = staticmethod(BigBirdModel.dummy_inputs)
-
+class BigBirdForMaskedLM(_Head, MaskedLMHead):
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
                  output_attentions=False, output_hidden_states=False, deterministic=True) -> out.MaskedLMOutput:
-        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        encoder_hidden_states, encoder_attention_mask, use_cache=False,
-                        **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
-        logits = BertPreTrainingHeads(self.config, False, self.dtype, self.param_dtype, name="cls")(
-            o.last_hidden_state, self.shared_embedding())
-        loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
-        return out.MaskedLMOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
-                                  attentions=o.attentions)
+        return self.forward(**call_inputs(locals()))
 
 
-class BigBirdForCausalLM(_Head):
+class BigBirdForCausalLM(_Head, CausalLMHead):
     """Left-to-right LM (full causal attention, as HF); fixed-size KV cache for decoding."""
-
-    dummy_inputs = staticmethod(BigBirdModel.dummy_inputs)
-
-    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
-        return init_cache(self.config, batch_size, max_length, dtype or self.dtype)
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
                  past_key_values=None, labels=None, use_cache=None, output_attentions=False,
                  output_hidden_states=False, deterministic=True) -> out.CausalLMOutputWithCrossAttentions:
-        if labels is not None:
-            use_cache = False
-        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
-                        **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
-        logits = BertPreTrainingHeads(self.config, False, self.dtype, self.param_dtype, name="cls")(
-            o.last_hidden_state, self.shared_embedding())
-        loss = None if labels is None else losses.causal_lm_loss(logits, jnp.asarray(labels))
-        return out.CausalLMOutputWithCrossAttentions(
-            loss=loss, logits=logits, past_key_values=o.past_key_values, hidden_states=o.hidden_states,
-            attentions=o.attentions, cross_attentions=o.cross_attentions)
+        return self.forward(**call_inputs(locals()))
 
 
-class BigBirdForSequenceClassification(_Head):
+class BigBirdForSequenceClassification(_Head, SequenceClassificationHead):
     """First token -> dense -> hidden_act -> out_proj; regression / single- / multi-label loss."""
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
                  deterministic=True) -> out.SequenceClassifierOutput:
-        cfg = self.config
-        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
-        logits = BertClassificationHead(cfg, self.classifier_dropout, cfg.hidden_act, self.dtype,
-                                        self.param_dtype, name="classifier")(o.last_hidden_state, deterministic)
-        loss = None
-        if labels is not None:
-            loss = losses.sequence_classification_loss(logits, jnp.asarray(labels), cfg.num_labels,
-                                                       cfg.problem_type)
-        return out.SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
-                                            attentions=o.attentions)
+        return self.forward(**call_inputs(locals()))
 
 
-class BigBirdForTokenClassification(_Head):
+class BigBirdForTokenClassification(_Head, TokenClassificationHead):
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
                  deterministic=True) -> out.TokenClassifierOutput:
-        cfg = self.config
-        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
-        x = nn.Dropout(self.classifier_dropout)(o.last_hidden_state, deterministic=deterministic)
-        logits = self.dense(cfg.num_labels, ("embed", "classes"), "classifier")(x)
-        loss = None
-        if labels is not None:
-            loss = losses.cross_entropy(logits.reshape(-1, cfg.num_labels), jnp.asarray(labels).reshape(-1))
-        return out.TokenClassifierOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
-                                         attentions=o.attentions)
+        return self.forward(**call_inputs(locals()))
 
 
-class BigBirdForMultipleChoice(_Head):
+class BigBirdForMultipleChoice(_Head, MultipleChoiceHead):
     """Inputs ``[B, num_choices, L]``; logits ``[B, num_choices]`` from the pooled output."""
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
                  deterministic=True) -> out.MultipleChoiceModelOutput:
-        cfg = self.config
-        num_choices, flat = flatten_choices(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
-        o = self.base()(*flat, **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
-        x = nn.Dropout(cfg.hidden_dropout_prob)(o.pooler_output, deterministic=deterministic)
-        logits = self.dense(1, ("embed", "classes"), "classifier")(x).reshape(-1, num_choices)
-        loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
-        return out.MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
-                                             attentions=o.attentions)
-
-    @staticmethod
-    def dummy_inputs(config: BigBirdConfig) -> dict:
-        return {"input_ids": BigBirdModel.dummy_inputs(config)["input_ids"][:, None]}
+        return self.forward(**call_inputs(locals()))
 
 
 class BigBirdQuestionAnsweringHead(nn.Module):
@@ -476,18 +434,16 @@ class BigBirdForQuestionAnswering(_Head):
             if token_type_ids is None:
                 token_type_ids = 1 - in_question
             logits_mask = in_question.at[:, 0].set(0)[..., None]
-        o = self.base(add_pooling_layer=False)(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-            **_encoder_kwargs(output_attentions, output_hidden_states, deterministic))
+        o = self.encode(
+            add_pooling_layer=False, input_ids=input_ids, attention_mask=attention_mask,
+            token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            deterministic=deterministic)
         logits = BigBirdQuestionAnsweringHead(cfg, self.dtype, self.param_dtype, name="qa_classifier")(
             o.last_hidden_state, deterministic)
         if logits_mask is not None:
             logits = logits - logits_mask.astype(logits.dtype) * 1e6
-        start_logits, end_logits = logits[..., 0], logits[..., 1]
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = losses.span_loss(start_logits, end_logits, jnp.asarray(start_positions),
-                                    jnp.asarray(end_positions))
+        start_logits, end_logits, loss = span_logits(logits, start_positions, end_positions)
         return out.BigBirdForQuestionAnsweringModelOutput(
             loss=loss, start_logits=start_logits, end_logits=end_logits, pooler_output=o.pooler_output,
             hidden_states=o.hidden_states, attentions=o.attentions)

@@ -21,6 +21,7 @@ from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import audio, losses
 from zoo.nn.audio_heads import AudioHead, CTCHead, SequenceClassificationHead
 from zoo.nn.layers import ACT2FN, normal_init, zeros_init
+from zoo.nn.module import PretrainedModule
 from zoo.nn.spec_augment import apply_spec_augment
 
 Array = jax.Array
@@ -120,7 +121,7 @@ def _as_waveform(input_values) -> Array:
     return x
 
 
-class Data2VecAudioModel(nn.Module):
+class Data2VecAudioModel(PretrainedModule):
     """``[B, T]`` waveform -> ``last_hidden_state [B, F, hidden]`` (F frames, ~T / 320).
 
     Module options (every head has them too, e.g. ``zoo.from_pretrained(path,
@@ -207,12 +208,11 @@ class _Head(AudioHead):
     layer_layout = LAYER_LAYOUT
     dummy_inputs = staticmethod(Data2VecAudioModel.dummy_inputs)
 
-    def body(self, input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
-             deterministic) -> out.Wav2Vec2BaseModelOutput:
-        return Data2VecAudioModel(self.config, self.attention_fn, self.freeze_feature_encoder, self.dtype,
-                                  self.param_dtype, self.scan_layers, self.remat_policy, name="data2vec_audio")(
-            input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
-            deterministic)
+    def body(self, **inputs) -> out.Wav2Vec2BaseModelOutput:
+        return Data2VecAudioModel(config=self.config, attention_fn=self.attention_fn,
+                                  freeze_feature_encoder=self.freeze_feature_encoder, dtype=self.dtype,
+                                  param_dtype=self.param_dtype, scan_layers=self.scan_layers,
+                                  remat_policy=self.remat_policy, name="data2vec_audio")(**inputs)
 
 
 class Data2VecAudioForCTC(_Head, CTCHead):
@@ -231,8 +231,9 @@ class Data2VecAudioForAudioFrameClassification(_Head):
                  output_hidden_states=False, deterministic=True) -> out.TokenClassifierOutput:
         cfg = self.config
         self.reject_adapter("Audio frame classification")
-        o = self.body(input_values, attention_mask, None, output_attentions,
-                      output_hidden_states or cfg.use_weighted_layer_sum, deterministic)
+        o = self.body(input_values=input_values, attention_mask=attention_mask, output_attentions=output_attentions,
+                      output_hidden_states=output_hidden_states or cfg.use_weighted_layer_sum,
+                      deterministic=deterministic)
         logits = self.dense(cfg.num_labels, ("embed", "classes"), "classifier")(self.features(o))
         loss = None
         if labels is not None:
@@ -286,8 +287,9 @@ class Data2VecAudioForXVector(_Head):
     def __call__(self, input_values, attention_mask=None, labels=None, output_attentions=False,
                  output_hidden_states=False, deterministic=True) -> out.XVectorOutput:
         cfg = self.config
-        o = self.body(input_values, attention_mask, None, output_attentions,
-                      output_hidden_states or cfg.use_weighted_layer_sum, deterministic)
+        o = self.body(input_values=input_values, attention_mask=attention_mask, output_attentions=output_attentions,
+                      output_hidden_states=output_hidden_states or cfg.use_weighted_layer_sum,
+                      deterministic=deterministic)
         x = self.dense(cfg.tdnn_dim[0], ("embed", "mlp"), "projector")(self.features(o))
         dims = list(cfg.tdnn_dim)
         for i, (dim, k, d) in enumerate(zip(dims, cfg.tdnn_kernel, cfg.tdnn_dilation)):

@@ -17,16 +17,12 @@ from converters.mapping import KeyTable
 from zoo import outputs as out
 from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
-from zoo.nn import losses
 from zoo.nn.bert import (
-    BertClassificationHead,
     BertEncoder,
-    BertHead,
     BertPooler,
     cross_attention_inputs,
     embedding_tables,
     expand_head_mask,
-    flatten_choices,
     init_cache,
     self_attention_setup,
     text_inputs,
@@ -34,6 +30,17 @@ from zoo.nn.bert import (
 )
 from zoo.nn.kv_cache import KVCache
 from zoo.nn.layers import ACT2FN, Dense, LayerNorm, activation
+from zoo.nn.module import PretrainedModule
+from zoo.nn.text_heads import (
+    CausalLMHead,
+    MaskedLMHead,
+    MultipleChoiceHead,
+    QuestionAnsweringHead,
+    SequenceClassificationHead,
+    TextHead,
+    TokenClassificationHead,
+    call_inputs,
+)
 
 Array = jax.Array
 
@@ -124,7 +131,7 @@ class Data2VecTextEmbeddings(nn.Module):
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
-class Data2VecTextModel(nn.Module):
+class Data2VecTextModel(PretrainedModule):
     """The bare encoder (decoder when ``is_decoder``): ``[B, L]`` ids -> ``[B, L, hidden]``.
 
     Decoding: ``past_key_values=model.init_cache(batch, max_length)`` gives a fixed-size
@@ -224,8 +231,9 @@ class Data2VecTextLMHead(nn.Module):
         return vocab_logits(self, x, shared_embedding)
 
 
-class _Head(BertHead, nn.Module):
-    """Shared fields of the head modules; ``base()`` builds the ``data2vec_text`` submodule."""
+class _Head(TextHead):
+    """Shared fields of the head modules; ``body()`` builds the ``data2vec_text`` submodule
+    (without its pooler unless a head says otherwise)."""
 
     base_name = "data2vec_text"
     config: Data2VecTextConfig
@@ -236,143 +244,70 @@ class _Head(BertHead, nn.Module):
     remat_policy: str | None = None
 
     layer_layout = LAYER_LAYOUT
+    body_class = Data2VecTextModel
 
-    def base(self, add_pooling_layer: bool = False) -> Data2VecTextModel:
-        return Data2VecTextModel(self.config, add_pooling_layer, self.attention_fn, self.dtype,
-                                 self.param_dtype, self.scan_layers, self.remat_policy, name="data2vec_text")
+    def body(self, *, add_pooling_layer: bool, **inputs) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
+        return Data2VecTextModel(
+            config=self.config, add_pooling_layer=add_pooling_layer, attention_fn=self.attention_fn,
+            dtype=self.dtype, param_dtype=self.param_dtype, scan_layers=self.scan_layers,
+            remat_policy=self.remat_policy, name="data2vec_text")(**inputs)
 
-    @staticmethod
-    def dummy_inputs(config: Data2VecTextConfig) -> dict:
-        return {"input_ids": Data2VecTextModel.dummy_inputs(config)["input_ids"]}
+    def lm_head(self) -> Data2VecTextLMHead:
+        return Data2VecTextLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")
 
 
-class Data2VecTextForMaskedLM(_Head):
-    dummy_inputs = staticmethod(Data2VecTextModel.dummy_inputs)
-
+class Data2VecTextForMaskedLM(_Head, MaskedLMHead):
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, encoder_hidden_states=None,
                  encoder_attention_mask=None, labels=None, output_attentions=False,
                  output_hidden_states=False, deterministic=True) -> out.MaskedLMOutput:
-        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        encoder_hidden_states, encoder_attention_mask, use_cache=False,
-                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                        deterministic=deterministic)
-        shared = self.shared_embedding()
-        logits = Data2VecTextLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")(
-            o.last_hidden_state, shared)
-        loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
-        return out.MaskedLMOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
-                                  attentions=o.attentions)
+        return self.forward(**call_inputs(locals()))
 
 
-class Data2VecTextForCausalLM(_Head):
-    dummy_inputs = staticmethod(Data2VecTextModel.dummy_inputs)
-
-    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
-        """Empty fixed-size cache for ``max_length`` positions (see the module docstring)."""
-        return init_cache(self.config, batch_size, max_length, dtype or self.dtype)
-
+class Data2VecTextForCausalLM(_Head, CausalLMHead):
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, encoder_hidden_states=None,
                  encoder_attention_mask=None, labels=None, past_key_values=None, use_cache=None,
                  output_attentions=False, output_hidden_states=False,
                  deterministic=True) -> out.CausalLMOutputWithCrossAttentions:
-        if labels is not None:
-            use_cache = False
-        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
-                        output_attentions, output_hidden_states, deterministic)
-        shared = self.shared_embedding()
-        logits = Data2VecTextLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")(
-            o.last_hidden_state, shared)
-        loss = None if labels is None else losses.causal_lm_loss(logits, jnp.asarray(labels))
-        return out.CausalLMOutputWithCrossAttentions(
-            loss=loss, logits=logits, past_key_values=o.past_key_values, hidden_states=o.hidden_states,
-            attentions=o.attentions, cross_attentions=o.cross_attentions)
+        return self.forward(**call_inputs(locals()))
 
 
-class Data2VecTextForSequenceClassification(_Head):
+class Data2VecTextForSequenceClassification(_Head, SequenceClassificationHead):
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, labels=None, output_attentions=False,
                  output_hidden_states=False, deterministic=True) -> out.SequenceClassifierOutput:
-        cfg = self.config
-        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                        deterministic=deterministic)
-        logits = BertClassificationHead(cfg, self.classifier_dropout, "tanh", self.dtype, self.param_dtype,
-                                       name="classifier")(o.last_hidden_state, deterministic)
-        loss = None
-        if labels is not None:
-            loss = losses.sequence_classification_loss(logits, jnp.asarray(labels), cfg.num_labels,
-                                                       cfg.problem_type)
-        return out.SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
-                                            attentions=o.attentions)
+        return self.forward(**call_inputs(locals()))
 
 
-class Data2VecTextForTokenClassification(_Head):
+class Data2VecTextForTokenClassification(_Head, TokenClassificationHead):
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, labels=None, output_attentions=False,
                  output_hidden_states=False, deterministic=True) -> out.TokenClassifierOutput:
-        cfg = self.config
-        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                        deterministic=deterministic)
-        x = nn.Dropout(self.classifier_dropout)(o.last_hidden_state, deterministic=deterministic)
-        logits = self.dense(cfg.num_labels, ("embed", "classes"), "classifier")(x)
-        loss = None
-        if labels is not None:
-            loss = losses.cross_entropy(logits.reshape(-1, cfg.num_labels), jnp.asarray(labels).reshape(-1))
-        return out.TokenClassifierOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
-                                         attentions=o.attentions)
+        return self.forward(**call_inputs(locals()))
 
 
-class Data2VecTextForMultipleChoice(_Head):
+class Data2VecTextForMultipleChoice(_Head, MultipleChoiceHead):
     """Inputs ``[B, num_choices, L]``; logits ``[B, num_choices]`` from the pooled output."""
 
     @nn.compact
     def __call__(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None,
                  position_ids=None, head_mask=None, inputs_embeds=None, output_attentions=False,
                  output_hidden_states=False, deterministic=True) -> out.MultipleChoiceModelOutput:
-        cfg = self.config
-        num_choices, flat = flatten_choices(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
-        ids, mask, types, positions, embeds = flat
-        o = self.base(add_pooling_layer=True)(
-            ids, mask, types, positions, head_mask, embeds, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, deterministic=deterministic)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(o.pooler_output, deterministic=deterministic)
-        logits = self.dense(1, ("embed", "classes"), "classifier")(x).reshape(-1, num_choices)
-        loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
-        return out.MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
-                                             attentions=o.attentions)
-
-    @staticmethod
-    def dummy_inputs(config: Data2VecTextConfig) -> dict:
-        inputs = Data2VecTextModel.dummy_inputs(config)
-        return {"input_ids": inputs["input_ids"][:, None]}
+        return self.forward(**call_inputs(locals()))
 
 
-class Data2VecTextForQuestionAnswering(_Head):
+class Data2VecTextForQuestionAnswering(_Head, QuestionAnsweringHead):
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, start_positions=None, end_positions=None,
                  output_attentions=False, output_hidden_states=False,
                  deterministic=True) -> out.QuestionAnsweringModelOutput:
-        cfg = self.config
-        o = self.base()(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                        deterministic=deterministic)
-        logits = self.dense(cfg.num_labels, ("embed", "classes"), "qa_outputs")(o.last_hidden_state)
-        start_logits, end_logits = logits[..., 0], logits[..., 1]
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = losses.span_loss(start_logits, end_logits, jnp.asarray(start_positions),
-                                    jnp.asarray(end_positions))
-        return out.QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
-                                                hidden_states=o.hidden_states, attentions=o.attentions)
+        return self.forward(**call_inputs(locals()))
 
 
 ARCHITECTURES = {

@@ -21,6 +21,8 @@ from zoo import outputs as out
 from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import losses, scan
+from zoo.nn.attention_projection import QKVProjection
+from zoo.nn.module import PretrainedModule
 from zoo.nn.bert import BertIntermediate
 from zoo.nn.layers import ACT2FN, Dense, LayerNorm, gelu
 from zoo.nn.resize import max_pool, resize
@@ -160,11 +162,9 @@ class Data2VecVisionSelfAttention(nn.Module):
         cfg = self.config
         heads = cfg.num_attention_heads
         head_dim = cfg.hidden_size // heads
-        dense = lambda name, bias=True: Dense(cfg.hidden_size, ("embed", "heads"), std=cfg.initializer_range,
-                                              use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                                              name=name)
-        split = lambda y: y.reshape(*y.shape[:-1], heads, head_dim)
-        query, key, value = split(dense("query")(x)), split(dense("key", False)(x)), split(dense("value")(x))
+        query, key, value = QKVProjection(heads, head_dim, use_bias=(True, False, True),  # BEiT: no key bias
+                                          std=cfg.initializer_range, dtype=self.dtype,
+                                          param_dtype=self.param_dtype)(x)
         bias = shared_bias
         if self.has_relative_position_bias:
             own = RelativePositionBias(cfg.window, heads, self.param_dtype, name="relative_position_bias")(
@@ -319,7 +319,7 @@ class Data2VecVisionPooler(nn.Module):
             sequence[:, 1:].mean(axis=1))
 
 
-class Data2VecVisionModel(nn.Module):
+class Data2VecVisionModel(PretrainedModule):
     """The bare encoder: ``pixel_values [B, C, H, W]`` -> ``[B, 1 + (H/p)(W/p), hidden]``.
 
     Images of another size than ``config.image_size`` work directly: absolute position
@@ -367,7 +367,7 @@ class Data2VecVisionModel(nn.Module):
 
 
 # ----------------------------------------------------------------------------- heads
-class Data2VecVisionForImageClassification(nn.Module):
+class Data2VecVisionForImageClassification(PretrainedModule):
     """Pooled output -> ``classifier``; loss by HF's problem type (``labels`` ``[B]`` or ``[B, num_labels]``)."""
 
     config: Data2VecVisionConfig
@@ -384,9 +384,10 @@ class Data2VecVisionForImageClassification(nn.Module):
                  output_hidden_states: bool = False, interpolate_pos_encoding: bool = False,
                  deterministic: bool = True) -> out.ImageClassifierOutput:
         cfg = self.config
-        o = Data2VecVisionModel(cfg, True, self.attention_fn, self.dtype, self.param_dtype, self.scan_layers,
-                                self.remat_policy, name="data2vec_vision")(
-            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        o = Data2VecVisionModel(config=cfg, add_pooling_layer=True, attention_fn=self.attention_fn, dtype=self.dtype,
+                                param_dtype=self.param_dtype, scan_layers=self.scan_layers,
+                                remat_policy=self.remat_policy, name="data2vec_vision")(
+            pixel_values=pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding, deterministic=deterministic)
         logits = Dense(cfg.num_labels, ("embed", "classes"), std=cfg.initializer_range, dtype=self.dtype,
                        param_dtype=self.param_dtype, name="classifier")(o.pooler_output)
@@ -399,7 +400,7 @@ class Data2VecVisionForImageClassification(nn.Module):
     dummy_inputs = staticmethod(Data2VecVisionModel.dummy_inputs)
 
 
-class Data2VecVisionForSemanticSegmentation(nn.Module):
+class Data2VecVisionForSemanticSegmentation(PretrainedModule):
     """BEiT features at ``out_indices`` -> 4-scale FPN (x4, x2, x1, x1/2) -> UperNet
     (+ auxiliary FCN head) -> logits ``[B, num_labels, 4 H/p, 4 W/p]``.
 
@@ -441,9 +442,10 @@ class Data2VecVisionForSemanticSegmentation(nn.Module):
         if labels is not None and cfg.num_labels == 1:
             raise ValueError("The number of labels should be greater than one")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        o = Data2VecVisionModel(cfg, False, self.attention_fn, scan_layers=self.scan_layers,
-                                remat_policy=self.remat_policy, name="data2vec_vision", **kw)(
-            pixel_values, output_attentions=output_attentions, output_hidden_states=True,
+        o = Data2VecVisionModel(config=cfg, add_pooling_layer=False, attention_fn=self.attention_fn,
+                                scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+                                name="data2vec_vision", **kw)(
+            pixel_values=pixel_values, output_attentions=output_attentions, output_hidden_states=True,
             interpolate_pos_encoding=interpolate_pos_encoding, deterministic=deterministic)
         batch = o.last_hidden_state.shape[0]
         height, width = pixel_values.shape[2] // cfg.patch, pixel_values.shape[3] // cfg.patch

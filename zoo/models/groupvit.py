@@ -19,9 +19,11 @@ import jax.numpy as jnp
 from converters.mapping import KeyTable
 from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
+from zoo.nn.attention_projection import QKV_PROJ, QKVProjection
 from zoo.nn.clip import CLIPEncoderLayer, CLIPMLP, clip_attention
 from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm
 from zoo.nn.losses import cross_entropy
+from zoo.nn.module import PretrainedModule
 from zoo.nn.resize import resize
 from zoo.nn.upernet import BatchNorm
 from zoo.nn.vision import PatchEmbeddings, as_pair
@@ -314,7 +316,10 @@ class GroupViTAssignAttention(nn.Module):
         cfg = self.config
         dense = lambda name: Dense(cfg.hidden_size, ("embed", "heads"), std=cfg.initializer_range, dtype=self.dtype,
                                    param_dtype=self.param_dtype, name=name)
-        q, k, v = dense("q_proj")(query), dense("k_proj")(key), dense("v_proj")(key)
+        # one head over all channels; the scores are a softmax over the groups (queries), so this is
+        # no attention kernel's signature: computed here
+        q, k, v = (t[..., 0, :] for t in QKVProjection(1, cfg.hidden_size, QKV_PROJ, std=cfg.initializer_range,
+                                                       dtype=self.dtype, param_dtype=self.param_dtype)(query, key))
         raw = jnp.einsum("bgc,blc->bgl", q, k) * jnp.asarray(cfg.hidden_size**-0.5, q.dtype)
         if deterministic:
             attn = hard_softmax(raw, axis=-2)
@@ -445,7 +450,7 @@ class GroupViTVisionEncoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------ models
-class GroupViTTextModel(nn.Module):
+class GroupViTTextModel(PretrainedModule):
     """The text tower alone (``text_model``): ``input_ids [B, L]`` -> pooled ``[B, hidden]``."""
 
     config: GroupViTConfig
@@ -465,7 +470,7 @@ class GroupViTTextModel(nn.Module):
         return {"input_ids": jnp.full((1, 4), config.text.eos_token_id, jnp.int32)}
 
 
-class GroupViTVisionModel(nn.Module):
+class GroupViTVisionModel(PretrainedModule):
     """The grouping vision tower alone (``vision_model``): ``pixel_values [B, C, H, W]``."""
 
     config: GroupViTConfig
@@ -510,7 +515,7 @@ def grouping_from_attentions(attentions, hw_shape: tuple[int, int]) -> Array:
     return resize(maps, (height, width), axes=(2, 3))
 
 
-class GroupViTModel(nn.Module):
+class GroupViTModel(PretrainedModule):
     """Both towers, projections and the contrastive scores (``logits_per_image`` ``[B_img, B_txt]``).
 
     ``output_segmentation=True`` adds ``segmentation_logits`` ``[B_img, B_txt, H, W]`` at image

@@ -29,8 +29,10 @@ from zoo import outputs as out
 from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import kv_cache, masks
+from zoo.nn.attention_projection import QKV_PROJ, QKVProjection
 from zoo.nn.clip import CLIPEncoderLayer
 from zoo.nn.layers import ACT2FN, Dense, LayerNorm, normal_init, ones_init, zeros_init
+from zoo.nn.module import PretrainedModule
 from zoo.nn.llama import GatedMLP, RMSNorm, apply_rotary, rotary_cos_sin
 from zoo.nn.losses import causal_lm_loss
 from zoo.nn.resize import resize
@@ -296,6 +298,7 @@ class IdeficsPerceiverAttention(nn.Module):
     """Latents attend to ``[context; latents]`` (Flamingo): ``[B, S, D]``, ``[B, N, D]`` -> ``[B, N, D]``."""
 
     config: IdeficsConfig
+    attention_fn: Callable = dot_product_attention
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -309,14 +312,12 @@ class IdeficsPerceiverAttention(nn.Module):
         latents = LayerNorm(1e-5, name="latents_layer_norm", **kw)(latents)
         both = jnp.concatenate([context, latents], axis=-2)
         inner = p.resampler_n_heads * p.resampler_head_dim
-        split = lambda x: x.reshape(*x.shape[:-1], p.resampler_n_heads, p.resampler_head_dim)
-        q = split(dense(inner, ("embed", "heads"), "q_proj")(latents))
-        k = split(dense(inner, ("embed", "heads"), "k_proj")(both))
-        v = split(dense(inner, ("embed", "heads"), "v_proj")(both))
+        q, k, v = QKVProjection(p.resampler_n_heads, p.resampler_head_dim, QKV_PROJ, False,
+                                std=self.config.initializer_range, **kw)(latents, both)
         if p.qk_layer_norms_perceiver:
             q = LayerNorm(1e-5, axis_name="kv", name="q_layer_norm", **kw)(q)
             k = LayerNorm(1e-5, axis_name="kv", name="k_layer_norm", **kw)(k)
-        o, _ = dot_product_attention(q, k, v, scale=p.resampler_head_dim**-0.5)
+        o, _ = self.attention_fn(q, k, v, scale=p.resampler_head_dim**-0.5)
         return dense(dim, ("heads", "embed"), "output_proj")(o.reshape(*o.shape[:-2], inner))
 
 
@@ -340,6 +341,7 @@ class IdeficsPerceiverResampler(nn.Module):
     """``[B, S, D]`` image states -> ``[B, resampler_n_latents, D]``."""
 
     config: IdeficsConfig
+    attention_fn: Callable = dot_product_attention
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -351,7 +353,7 @@ class IdeficsPerceiverResampler(nn.Module):
                              self.param_dtype)
         x = jnp.broadcast_to(latents.astype(self.dtype), (context.shape[0], *latents.shape))
         for i in range(p.resampler_depth):  # HF: blocks.{i}.0 (attention), blocks.{i}.1 (mlp)
-            x = IdeficsPerceiverAttention(self.config, name=f"blocks_{i}_0", **kw)(context, x) + x
+            x = IdeficsPerceiverAttention(self.config, self.attention_fn, name=f"blocks_{i}_0", **kw)(context, x) + x
             x = IdeficsPerceiverMLP(self.config, name=f"blocks_{i}_1", **kw)(x) + x
         return LayerNorm(1e-5, name="layer_norm", **kw)(x)
 
@@ -377,11 +379,8 @@ class IdeficsAttention(nn.Module):
                  cache_index: Array | None = None, deterministic: bool = True, output_attentions: bool = False):
         cfg = self.config
         kw = dict(std=cfg.initializer_range, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-        split = lambda t: t.reshape(*t.shape[:-1], cfg.num_attention_heads, cfg.head_dim)
-        source = x if key_value_states is None else key_value_states
-        q = split(Dense(cfg.hidden_size, ("embed", "heads"), name="q_proj", **kw)(x))
-        k = split(Dense(cfg.hidden_size, ("embed", "heads"), name="k_proj", **kw)(source))
-        v = split(Dense(cfg.hidden_size, ("embed", "heads"), name="v_proj", **kw)(source))
+        q, k, v = QKVProjection(cfg.num_attention_heads, cfg.head_dim, QKV_PROJ, False, std=cfg.initializer_range,
+                                dtype=self.dtype, param_dtype=self.param_dtype)(x, key_value_states)
         if not self.is_cross_attention:
             q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
         new_cache = None
@@ -527,7 +526,7 @@ def _image_inputs(cfg: IdeficsConfig, pixel_values, image_encoder_embeddings, pe
     return given[0], value
 
 
-class IdeficsModel(nn.Module):
+class IdeficsModel(PretrainedModule):
     """The decoder with its vision encoder and (optional) perceiver resampler.
 
     Inputs: ``input_ids [B, L]`` (or ``inputs_embeds``), ``attention_mask [B, L]`` (``[B,
@@ -555,7 +554,7 @@ class IdeficsModel(nn.Module):
                                                       cfg.initializer_range, **kw)
         self.vision_model = IdeficsVisionTransformer(cfg.vision, self.attention_fn, **kw)
         if cfg.use_resampler:
-            self.perceiver_resampler = IdeficsPerceiverResampler(cfg, **kw)
+            self.perceiver_resampler = IdeficsPerceiverResampler(cfg, self.attention_fn, **kw)
         self.layers = [IdeficsDecoderLayer(cfg, self.attention_fn, **kw) for _ in range(cfg.num_hidden_layers)]
         self.gated_cross_attn_layers = [IdeficsGatedCrossAttentionLayer(cfg, self.attention_fn, **kw)
                                         for _ in range(cfg.num_cross_layers)]
@@ -660,7 +659,7 @@ class IdeficsModel(nn.Module):
                 "pixel_values": jnp.zeros((1, 1, config.vision.num_channels, size, size))}
 
 
-class IdeficsForVisionText2Text(nn.Module):
+class IdeficsForVisionText2Text(PretrainedModule):
     """``model`` + the decoupled LM head: ``logits [B, L, vocab_size + additional_vocab_size]``;
     ``labels [B, L]`` give the next-token loss (``-100`` ignored) over the whole vocabulary."""
 
@@ -672,7 +671,7 @@ class IdeficsForVisionText2Text(nn.Module):
     def setup(self):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.model = IdeficsModel(cfg, self.attention_fn, **kw)
+        self.model = IdeficsModel(config=cfg, attention_fn=self.attention_fn, **kw)
         if not cfg.tie_word_embeddings:
             self.lm_head = IdeficsDecoupledLinear(cfg.vocab_size, cfg.additional_vocab_size, cfg.initializer_range,
                                                   **kw)

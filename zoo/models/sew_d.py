@@ -27,9 +27,11 @@ from zoo import outputs as out
 from zoo.attention.disentangled import build_relative_position, disentangled_attention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import audio, scan
+from zoo.nn.attention_projection import QKVProjection
 from zoo.nn.bert import BertIntermediate, BertResidualOutput
 from zoo.nn.audio_heads import AudioHead, CTCHead, SequenceClassificationHead
 from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation, zeros_init
+from zoo.nn.module import PretrainedModule
 from zoo.nn.spec_augment import apply_spec_augment
 
 Array = jax.Array
@@ -140,12 +142,13 @@ class DisentangledSelfAttention(nn.Module):
         cfg = self.config
         heads = cfg.num_attention_heads
         head_dim = cfg.hidden_size // heads
+        qkv = QKVProjection(heads, head_dim, ("query_proj", "key_proj", "value_proj"), std=cfg.initializer_range,
+                            dtype=self.dtype, param_dtype=self.param_dtype)
+        layers = query_proj, key_proj, _ = qkv.layers()
+        query, key, value = qkv(x, layers=layers)
+        split = qkv.split
         dense = lambda name: Dense(heads * head_dim, ("embed", "heads"), std=cfg.initializer_range,
                                    dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        split = lambda t: t.reshape(*t.shape[:-1], heads, head_dim)
-        query_proj, key_proj = dense("query_proj"), dense("key_proj")
-        query, key = split(query_proj(x)), split(key_proj(x))
-        value = split(dense("value_proj")(x))
         types = tuple(cfg.pos_att_type or ()) if cfg.relative_attention else ()
         pos_key = pos_query = None
         if cfg.relative_attention:
@@ -337,7 +340,7 @@ class SEWDUpsampling(nn.Module):
         return y.reshape(y.shape[0], y.shape[1] * s, cfg.hidden_size)
 
 
-class SEWDModel(nn.Module):
+class SEWDModel(PretrainedModule):
     """``[B, T]`` waveform -> ``last_hidden_state [B, F, hidden]`` at the feature frame rate.
 
     ``scan_layers`` / ``remat_policy``: see the module docstring (every head has them too)."""
@@ -413,11 +416,10 @@ class _Head(AudioHead):
     layer_layout = property(lambda self: layer_layout(self.config))
     dummy_inputs = staticmethod(SEWDModel.dummy_inputs)
 
-    def body(self, input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
-             deterministic):
-        return SEWDModel(self.config, self.freeze_feature_encoder, self.dtype, self.param_dtype, self.scan_layers,
-                         self.remat_policy, name="sew_d")(
-            input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states, deterministic)
+    def body(self, **inputs) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
+        return SEWDModel(config=self.config, freeze_feature_encoder=self.freeze_feature_encoder, dtype=self.dtype,
+                         param_dtype=self.param_dtype, scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+                         name="sew_d")(**inputs)
 
 
 class SEWDForCTC(_Head, CTCHead):

@@ -15,19 +15,19 @@ import jax.numpy as jnp
 from zoo import outputs as out
 from zoo.nn import audio, losses
 from zoo.nn.layers import Dense
+from zoo.nn.module import PretrainedModule
 
 Array = jax.Array
 
 
-class AudioHead(nn.Module):
+class AudioHead(PretrainedModule):
     config: Any
     freeze_feature_encoder: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    def body(self, input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
-             deterministic):
-        """The family's bare model output (``last_hidden_state``, ``hidden_states``, ``attentions``)."""
+    def body(self, **inputs):
+        """The family's bare model, built with keywords, called with ``inputs`` as keywords; its output (``last_hidden_state``, ``hidden_states``, ``attentions``)."""
         raise NotImplementedError
 
     def dense(self, features: int, axes, name: str) -> nn.Dense:
@@ -54,8 +54,9 @@ class CTCHead(AudioHead):
         cfg = self.config
         if cfg.vocab_size is None:
             raise ValueError(f"{type(self).__name__} needs config.vocab_size (the size of the CTC vocabulary)")
-        o = self.body(input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states,
-                      deterministic)
+        o = self.body(input_values=input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices,
+                      output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                      deterministic=deterministic)
         x = nn.Dropout(cfg.final_dropout)(o.last_hidden_state, deterministic=deterministic)
         logits = self.dense(cfg.vocab_size, ("embed", "vocab"), "lm_head")(x)
         loss = None
@@ -76,8 +77,9 @@ class SequenceClassificationHead(AudioHead):
                  output_hidden_states=False, deterministic=True) -> out.SequenceClassifierOutput:
         cfg = self.config
         self.reject_adapter("Sequence classification")
-        o = self.body(input_values, attention_mask, None, output_attentions,
-                      output_hidden_states or cfg.use_weighted_layer_sum, deterministic)
+        o = self.body(input_values=input_values, attention_mask=attention_mask, output_attentions=output_attentions,
+                      output_hidden_states=output_hidden_states or cfg.use_weighted_layer_sum,
+                      deterministic=deterministic)
         x = self.dense(cfg.classifier_proj_size, ("embed", "mlp"), "projector")(self.features(o))
         pooled = audio.masked_frame_mean(cfg, x, attention_mask)
         logits = self.dense(cfg.num_labels, ("mlp", "classes"), "classifier")(pooled)

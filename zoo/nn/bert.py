@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from zoo.attention.block_sparse import layer_index
 from zoo.attention.dense import dot_product_attention
 from zoo.nn import kv_cache, masks, scan
+from zoo.nn.attention_projection import QKVProjection
 from zoo.nn.layers import Dense, Embed, LayerNorm, activation
 
 Array = jax.Array
@@ -63,15 +64,9 @@ class BertSelfAttention(nn.Module):
         cfg = self.config
         heads = cfg.num_attention_heads
         head_dim = cfg.hidden_size // heads
-        dense = lambda name: Dense(
-            heads * head_dim, ("embed", "heads"), std=cfg.initializer_range,
-            use_bias=getattr(cfg, "use_bias", True), dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-        )
-        split = lambda x: x.reshape(*x.shape[:-1], heads, head_dim)
-        kv_input = hidden_states if key_value_states is None else key_value_states
-        query = split(dense("query")(hidden_states))
-        key = split(dense("key")(kv_input))
-        value = split(dense("value")(kv_input))
+        query, key, value = QKVProjection(heads, head_dim, use_bias=getattr(cfg, "use_bias", True),
+                                          std=cfg.initializer_range, dtype=self.dtype,
+                                          param_dtype=self.param_dtype)(hidden_states, key_value_states)
 
         new_cache = None
         if cache is not None:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.attention.dense import dot_product_attention
+from zoo.nn.attention_projection import QKV_PROJ, QKVProjection
 from zoo.nn.layers import Dense
 
 Array = jax.Array
@@ -36,17 +37,14 @@ class MultiHeadAttention(nn.Module):
         head_dim = self.embed_dim // self.num_heads
         if head_dim * self.num_heads != self.embed_dim:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        dense = lambda name, axes: Dense(self.embed_dim, axes, std=self.std, use_bias=self.use_bias,
-                                         dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        split = lambda x: x.reshape(*x.shape[:-1], self.num_heads, head_dim)
-        source = hidden_states if key_value_states is None else key_value_states
-        query = split(dense("q_proj", ("embed", "heads"))(hidden_states))
-        key = split(dense("k_proj", ("embed", "heads"))(source))
-        value = split(dense("v_proj", ("embed", "heads"))(source))
+        query, key, value = QKVProjection(self.num_heads, head_dim, QKV_PROJ, self.use_bias, std=self.std,
+                                          dtype=self.dtype, param_dtype=self.param_dtype)(
+            hidden_states, key_value_states)
         rng = self.make_rng("dropout") if (not deterministic and self.dropout > 0) else None
         out, probs = self.attention_fn(
             query, key, value, mask=mask, bias=bias, dropout_rate=self.dropout, dropout_rng=rng,
             deterministic=deterministic, return_probs=output_attentions,
         )
-        out = dense("out_proj", ("heads", "embed"))(out.reshape(*out.shape[:-2], self.embed_dim))
+        out = Dense(self.embed_dim, ("heads", "embed"), std=self.std, use_bias=self.use_bias, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="out_proj")(out.reshape(*out.shape[:-2], self.embed_dim))
         return out, probs
