@@ -194,3 +194,39 @@ def test_usage_errors_are_one_line():
     result = zoo("convert")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("zoo: error:")
+
+
+def test_the_work_of_zoo_run_is_a_library_call(tmp_path):
+    """What `zoo run` prints comes from zoo.inference (no CLI needed), with the checkpoint's
+    preprocessors from zoo.preprocessing; bad inputs are clear errors."""
+    import zoo as zoo_lib
+    from zoo import inference
+    from zoo.assets import asset_path
+    from zoo.info import checkpoint_info, parameter_count
+    from zoo.preprocessing import ctc_decoder_for, image_processor_for, pad_token_sequences, read_wav
+
+    model, variables = zoo_lib.from_pretrained(TINY_CHECKPOINT)
+    assert inference.input_kind(model) == "text" and parameter_count(model) == 23808
+    pred = inference.predict_text(model, variables, [0, 31, 7, 2], top_k=3)
+    assert pred.architecture == "Data2VecTextForMaskedLM" and pred.token_top_ids.shape == (4, 3)
+    with pytest.raises(ValueError, match="vocab_size"):
+        inference.predict_text(model, variables, [[0, 10_000]])
+    assert checkpoint_info(TINY_CHECKPOINT)["architecture"] == "Data2VecTextForMaskedLM"
+
+    audio_model, audio_variables = zoo_lib.from_pretrained(TINY_AUDIO_CTC_CHECKPOINT)
+    assert inference.input_kind(audio_model) == "audio"
+    samples, rate = read_wav(asset_path("tiny-speech.wav"))
+    pred = inference.predict_audio(audio_model, audio_variables, samples, rate, directory=TINY_AUDIO_CTC_CHECKPOINT)
+    cli = zoo("run", str(TINY_AUDIO_CTC_CHECKPOINT), "--audio", str(TINY_SPEECH_WAV))
+    assert cli.returncode == 0 and f"transcription: {pred.transcription!r}" in cli.stdout
+    with pytest.raises(FileNotFoundError, match="vocab.json"):
+        inference.predict_audio(audio_model, audio_variables, samples, rate, directory=tmp_path)
+    with pytest.raises(FileNotFoundError, match="vocab.json"):
+        ctc_decoder_for(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no shipped asset"):
+        asset_path("tiny-nothing")
+
+    ids, mask = pad_token_sequences([[5, 6, 7], [8]], pad_token_id=1)
+    assert ids.tolist() == [[5, 6, 7], [8, 1, 1]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    vision = zoo_lib.load_preset("data2vec-vision-base")
+    assert image_processor_for(None, vision).size == {"height": 224, "width": 224}
