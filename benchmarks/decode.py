@@ -276,7 +276,8 @@ def main(argv=None) -> dict:
                "dtype": args.dtype, "tolerance": args.tolerance, "steps": args.steps, "prompt": args.prompt,
                "weights": "HF random init, constants randomized, gates N(0, 1), converted with zoo.from_state_dict",
                **r}
-    return harness.finish_report(name, payload, md, write=not args.no_write, threads=threads, device=args.device_used)
+    return harness.finish_report(name, payload, md, write=not args.no_write, threads=threads, device=args.device_used,
+                                 results_dir=args.out)
 
 
 if __name__ == "__main__":

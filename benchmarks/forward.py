@@ -281,7 +281,8 @@ def main(argv=None) -> dict:
                "weights": "HF random init, constants randomized, converted with zoo.from_state_dict",
                "workloads": results}
     return harness.finish_report(name, payload, md, write=not args.no_write, threads=threads,
-                                 device=args.device_used)
+                                 device=args.device_used,
+                                 results_dir=args.out)
 
 
 if __name__ == "__main__":

@@ -327,7 +327,10 @@ def convert(hf_model, architecture: str | None = None, config_overrides: dict | 
         assert not report.unused and not report.missing, report.summary()
         v = pack_variables({k: jnp.asarray(a, kwargs.get("param_dtype")) for k, a in flat.items()})
         return module, (v if "params" in v else {"params": v})
-    return zoo.from_state_dict(state, config, architecture or type(hf_model).__name__, **kwargs)
+    loaded = zoo.from_state_dict(state, config, architecture or type(hf_model).__name__, **kwargs)
+    if loaded.report.missing or loaded.report.unused:  # both sides must hold the same weights
+        raise RuntimeError(f"{type(hf_model).__name__}: {loaded.report.summary()}")
+    return loaded
 
 
 def randomize_constants(model, seed: int = 0) -> None:
@@ -369,30 +372,35 @@ def max_diff(a, b, where=None) -> float:
 
 
 # ------------------------------------------------------------ peak memory
+# A small launcher process runs the command and reports its rusage: Linux records, at exec, the
+# resident size of the process image being replaced, so a command started straight from a big
+# benchmark process would report the benchmark's own RSS as its peak.
+_LAUNCHER = ("import json, os, sys; pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ); "
+             "_, st, ru = os.wait4(pid, 0); json.dump([os.waitstatus_to_exitcode(st), ru.ru_maxrss, ru.ru_utime, "
+             "ru.ru_stime], open(sys.argv[1], 'w'))")
+
+
 def peak_rss(cmd: list[str], timeout_s: float = 1800.0, env: dict | None = None) -> dict:
-    """Run ``cmd`` (cwd: the repository); its peak resident set size (``ru_maxrss`` of
-    ``os.wait4``, the process and the children it waited for), wall / user / system seconds,
-    exit status and, on failure, the tail of its output."""
+    """Run ``cmd``; its peak resident set size (``ru_maxrss`` from ``os.wait4``: the process and
+    the children it waited for), wall / user / system seconds, exit status and, on failure, the
+    tail of its output."""
+    import shutil
     import tempfile
 
     env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO_ROOT)}
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while (waited := os.wait4(proc.pid, os.WNOHANG))[0] == 0:
-            if time.monotonic() > deadline:
-                proc.kill()
-            time.sleep(0.05)
-        proc.returncode = 0  # reaped here, not by Popen
-        _, status, usage = waited
-        log.seek(0)
-        output = log.read().decode(errors="replace")
-    code = os.waitstatus_to_exitcode(status)
-    result = {"command": " ".join(cmd), "peak_rss_mib": usage.ru_maxrss / 1024, "exit_status": code,
-              "wall_s": time.perf_counter() - t0, "user_s": usage.ru_utime, "system_s": usage.ru_stime}
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "rusage.json"
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(report), shutil.which(cmd[0]) or cmd[0],
+                               *cmd[1:]], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        wall = time.perf_counter() - t0
+        if not report.exists():
+            raise RuntimeError(f"the launcher of {cmd} failed: {proc.stderr[-2000:]}")
+        code, maxrss_kib, user_s, system_s = json.loads(report.read_text())
+    result = {"command": " ".join(cmd), "peak_rss_mib": maxrss_kib / 1024, "exit_status": code, "wall_s": wall,
+              "user_s": user_s, "system_s": system_s}
     if code != 0:
-        result["output_tail"] = output[-3000:]
+        result["output_tail"] = (proc.stdout + proc.stderr)[-3000:]
     return result
 
 
@@ -411,6 +419,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, repeats: int = 10, warmu
                         help="seconds to wait at most for a quiet machine before timing (0: do not wait)")
     parser.add_argument("--name", default=None, help="results file stem (default: the benchmark's)")
     parser.add_argument("--no-write", action="store_true", help="print only, write no results files")
+    parser.add_argument("--out", default=None, help="directory of the results files (default benchmarks/results)")
 
 
 def comparison_table(timings: list[Timing], reference: str = "zoo") -> str:
@@ -446,9 +455,10 @@ def _jsonable(x: Any) -> Any:
 
 
 def finish_report(name: str, payload: dict, md: list[str], *, write: bool, threads: dict | None = None,
-                  device: str = "cpu") -> dict:
+                  device: str = "cpu", results_dir: str | Path | None = None) -> dict:
     """Add ``machine`` and ``threads`` to ``payload``, print the markdown and, with ``write``,
-    write ``results/<name>.json`` and ``.md`` (temporary name, then rename). Returns the payload
+    write ``<results_dir>/<name>.json`` and ``.md`` (default ``benchmarks/results``; temporary
+    name, then rename). Returns the payload
     as written (plain JSON types)."""
     payload = {**payload, "command": "python -m " + " ".join([payload.pop("module", "benchmarks"), *sys.argv[1:]]),
                "machine": machine_info(device), "threads": threads}
@@ -463,9 +473,9 @@ def finish_report(name: str, payload: dict, md: list[str], *, write: bool, threa
     print("\n" + markdown, flush=True)
     payload = _jsonable(payload)
     if write:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        for path, text in ((RESULTS_DIR / f"{name}.json", json.dumps(payload, indent=2) + "\n"),
-                           (RESULTS_DIR / f"{name}.md", markdown)):
+        out = Path(results_dir or RESULTS_DIR)
+        out.mkdir(parents=True, exist_ok=True)
+        for path, text in ((out / f"{name}.json", json.dumps(payload, indent=2) + "\n"), (out / f"{name}.md", markdown)):
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(text)
             tmp.replace(path)

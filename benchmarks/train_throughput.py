@@ -422,7 +422,8 @@ def main(argv=None) -> dict:
                "device": args.device_used, "compute_dtype": args.compute_dtype, "tolerance": args.tolerance,
                "dropout": "on in both (training mode)", "peak_tflops": args.peak_tflops if gpu else None,
                "tasks": results}
-    return harness.finish_report(name, payload, md, write=not args.no_write, threads=threads, device=args.device_used)
+    return harness.finish_report(name, payload, md, write=not args.no_write, threads=threads, device=args.device_used,
+                                 results_dir=args.out)
 
 
 if __name__ == "__main__":
