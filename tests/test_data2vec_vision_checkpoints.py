@@ -112,7 +112,7 @@ def test_convert_verify_and_errors(tmp_path):
     result = zoo("convert", str(src), str(tmp_path / "out"), "--verify")
     assert result.returncode == 0, result.stderr
     diffs = [float(line.rsplit(None, 1)[-1]) for line in result.stdout.splitlines() if line.startswith("verify")]
-    assert len(diffs) == 2 and max(diffs) < 1e-4
+    assert len(diffs) == 2 and max(diffs) <= 1e-5   # logits and hidden states, the parity contract
     assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == [
         "Data2VecVisionForSemanticSegmentation"]
 

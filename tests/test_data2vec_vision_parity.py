@@ -317,4 +317,7 @@ def test_bfloat16_compute(hf_cls):
     got = jax.jit(lambda v, x: module16.apply(v, x, output_attentions=True))(params, x)
     assert got.logits.dtype == jnp.bfloat16 and got.attentions[0].dtype == jnp.bfloat16
     assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32
-    assert np.abs(np.asarray(got.logits, np.float32) - want).max() <= 0.03 * np.abs(want).max()
+    # Not the fp32 parity contract: bf16 against the zoo's own fp32. bf16 keeps 8 significant bits
+    # (machine epsilon 2**-8 = 0.39%); through 4 layers the measured error is 0.58-1.13% of the
+    # largest logit (both heads, seeds 0-2; 0.90% / 1.04% here), held to 4 epsilons (1.56%).
+    assert np.abs(np.asarray(got.logits, np.float32) - want).max() <= 4 * 2.0**-8 * np.abs(want).max()

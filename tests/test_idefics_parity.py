@@ -267,7 +267,7 @@ down = params["params"]["model"]["layers_0"]["mlp"]["down_proj"]["kernel"]
 res["down_fraction"] = max(int(s.data.size) for s in down.addressable_shards) / int(down.size)
 x = {inputs!r}
 x = {{k: np.asarray(v, dtype=np.float32 if k == "pixel_values" else np.int64) for k, v in x.items()}}
-f = jax.jit(lambda p, x: model.apply({p}, **x).logits.astype(np.float32))
+f = jax.jit(lambda p, x: model.apply(p, **x).logits.astype(np.float32))
 res["max_diff"] = float(np.abs(np.asarray(f(params, x)) - np.asarray(f(ref, x))).max())
 print("RESULT " + json.dumps(res))
 """

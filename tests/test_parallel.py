@@ -219,7 +219,7 @@ res["zoo_sliced_once"] = sorted({{kind for kind, _ in reads}}) == ["slice"] and 
     sum(v) == np.asarray(flatten_variables(ref)[k]).nbytes for (_, k), v in reads.items())
 _, bin_ref = zoo.from_pretrained(ROOT + "/bin")
 reads.clear()
-bin_model, pbin = parallel.load_sharded(ROOT + "/bin", mesh, param_dtype="float32")
+bin_model, pbin = zoo.from_pretrained(ROOT + "/bin", mesh=mesh, param_dtype="float32")
 res["bin_equal"] = same(pbin, bin_ref) and placed(pbin, bin_model, mesh)
 res["bin_reads_per_key"] = sorted({{len(v) for v in reads.values()}})
 
@@ -239,7 +239,7 @@ mask[1, 5:] = 0
 batch = parallel.shard_batch({{"input_ids": ids, "attention_mask": mask}}, mesh)
 res["batch_spec"] = list(batch["input_ids"].sharding.spec)
 res["batch_shard_shapes"] = sorted({{tuple(s.data.shape) for s in batch["input_ids"].addressable_shards}})
-fwd = jax.jit(lambda p, b: bin_model.apply({p}, **b).logits)
+fwd = jax.jit(lambda p, b: bin_model.apply(p, **b).logits)
 one_device = fwd(bin_ref, {{"input_ids": ids, "attention_mask": mask}})
 res["forward_max_diff"] = float(np.abs(np.asarray(fwd(pbin, batch)) - np.asarray(one_device)).max())
 try:
@@ -323,4 +323,4 @@ def test_mesh_load_errors_before_reading_anything(checkpoints, tmp_path, monkeyp
     os.remove(other / "config.json")
     tiny_config(vocab_size=128, intermediate_size=40).save_pretrained(other)
     with pytest.raises(KeyMappingError, match=r"intermediate\.dense\.(weight|bias)' has shape"):
-        parallel.load_sharded(other, mesh)
+        zoo.from_pretrained(other, mesh=mesh)
