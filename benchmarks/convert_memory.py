@@ -285,7 +285,7 @@ def main(argv=None) -> dict:
                f"{result['spot_check_equal']} tensors equal; bf16 kept: {result['bf16_kept']}"]
     md += [f"- FAILED: {f}" for f in result["failures"]]
     name = args.name or "convert_memory" + ("_sharded" if args.sharded else "") + ("_tiny" if args.tiny else "")
-    payload = {"module": "benchmarks.convert_memory", "benchmark": "convert_memory", "sharded": args.sharded,
+    payload = {"argv": argv, "module": "benchmarks.convert_memory", "benchmark": "convert_memory", "sharded": args.sharded,
                "tiny": args.tiny, "baseline": baseline, "baseline_rss_mib": baseline["peak_rss_mib"], **result,
                "load": monitor.result}
     payload = harness.finish_report(name, payload, md, write=not args.no_write, results_dir=args.out)

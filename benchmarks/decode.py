@@ -272,7 +272,7 @@ def main(argv=None) -> dict:
            *[f"- {w}: " + harness.load_note(v["load"]) for w, v in r["workloads"].items()]]
     name = args.name or "decode_idefics" + ("_tiny" if args.tiny else "") + (
         "" if args.device_used == "cpu" else f"_{args.device_used}_{args.dtype}")
-    payload = {"module": "benchmarks.decode", "benchmark": "decode", "tiny": args.tiny, "device": args.device_used,
+    payload = {"argv": argv, "module": "benchmarks.decode", "benchmark": "decode", "tiny": args.tiny, "device": args.device_used,
                "dtype": args.dtype, "tolerance": args.tolerance, "steps": args.steps, "prompt": args.prompt,
                "weights": "HF random init, constants randomized, gates N(0, 1), converted with zoo.from_state_dict",
                **r}

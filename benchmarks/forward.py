@@ -276,7 +276,7 @@ def main(argv=None) -> dict:
                f"- {args.repeats} timed runs each after {args.warmup} warm-up, interleaved; "
                + harness.load_note(r["load"])]
     name = args.name or "forward_" + args.family.replace("-", "_") + ("_tiny" if args.tiny else "")
-    payload = {"module": "benchmarks.forward", "benchmark": "forward", "family": args.family, "tiny": args.tiny,
+    payload = {"argv": argv, "module": "benchmarks.forward", "benchmark": "forward", "family": args.family, "tiny": args.tiny,
                "device": args.device_used, "dtype": args.dtype, "tolerance": args.tolerance,
                "weights": "HF random init, constants randomized, converted with zoo.from_state_dict",
                "workloads": results}

@@ -460,7 +460,9 @@ def finish_report(name: str, payload: dict, md: list[str], *, write: bool, threa
     write ``<results_dir>/<name>.json`` and ``.md`` (default ``benchmarks/results``; temporary
     name, then rename). Returns the payload
     as written (plain JSON types)."""
-    payload = {**payload, "command": "python -m " + " ".join([payload.pop("module", "benchmarks"), *sys.argv[1:]]),
+    argv = payload.pop("argv", None)
+    argv = sys.argv[1:] if argv is None else argv
+    payload = {**payload, "command": " ".join(["python -m", payload.pop("module", "benchmarks"), *argv]),
                "machine": machine_info(device), "threads": threads}
     m = payload["machine"]
     md = list(md) + ["", f"- `{payload['command']}`; {m['date_utc']}, git {m['git_commit']}; {m['cpu_model']} "

@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
         mem = " / ".join(f"{r[f'{n}_memory'].get('temp_mib', float('nan')):.0f}" for n in ("dense", args.kernel))
         md.append(f"| {r['length']} | {r['mode']} | {t['dense'].median_ms:.1f} | {t[args.kernel].median_ms:.1f} | "
                   f"{r['ratio']:.2f}x | {mem} | {r['load'].get('foreign_cpu_fraction', 0):.0%} |")
-    payload = {"module": "benchmarks.kernels", "benchmark": "kernels", "kernel": args.kernel, "tiny": args.tiny,
+    payload = {"argv": argv, "module": "benchmarks.kernels", "benchmark": "kernels", "kernel": args.kernel, "tiny": args.tiny,
                "setup": {k: getattr(args, k) for k in ("batch", "heads", "head_dim", "position_buckets",
                                                       "max_relative_positions", "block_size", "random_blocks")},
                "dtype": "float32", "device": device, "results": results}

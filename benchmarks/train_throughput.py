@@ -418,7 +418,7 @@ def main(argv=None) -> dict:
                f"- {args.repeats} timed steps each after {args.warmup} warm-up, interleaved; " + harness.load_note(r["load"])]
     name = args.name or "train_throughput" + ("_small" if args.small else "") + ("" if not gpu else "_gpu") + (
         "" if args.compute_dtype == "float32" else f"_{args.compute_dtype}")
-    payload = {"module": "benchmarks.train_throughput", "benchmark": "train_throughput", "small": args.small,
+    payload = {"argv": argv, "module": "benchmarks.train_throughput", "benchmark": "train_throughput", "small": args.small,
                "device": args.device_used, "compute_dtype": args.compute_dtype, "tolerance": args.tolerance,
                "dropout": "on in both (training mode)", "peak_tflops": args.peak_tflops if gpu else None,
                "tasks": results}
