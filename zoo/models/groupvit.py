@@ -461,9 +461,11 @@ class GroupViTTextModel(PretrainedModule):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, position_ids=None, output_attentions: bool = False,
                  output_hidden_states: bool = False, deterministic: bool = True):
-        return GroupViTTextTransformer(self.config.text, self.attention_fn, self.dtype, self.param_dtype,
-                                       name="text_model")(input_ids, attention_mask, position_ids, output_attentions,
-                                                          output_hidden_states, deterministic)
+        return GroupViTTextTransformer(config=self.config.text, attention_fn=self.attention_fn, dtype=self.dtype,
+                                       param_dtype=self.param_dtype, name="text_model")(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            deterministic=deterministic)
 
     @staticmethod
     def dummy_inputs(config: GroupViTConfig) -> dict:
@@ -481,9 +483,11 @@ class GroupViTVisionModel(PretrainedModule):
     @nn.compact
     def __call__(self, pixel_values, output_attentions: bool = False, output_hidden_states: bool = False,
                  interpolate_pos_encoding: bool = False, deterministic: bool = True):
-        return GroupViTVisionTransformer(self.config.vision, self.attention_fn, self.dtype, self.param_dtype,
-                                         name="vision_model")(pixel_values, output_attentions, output_hidden_states,
-                                                              interpolate_pos_encoding, deterministic)
+        return GroupViTVisionTransformer(config=self.config.vision, attention_fn=self.attention_fn, dtype=self.dtype,
+                                         param_dtype=self.param_dtype, name="vision_model")(
+            pixel_values=pixel_values, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, interpolate_pos_encoding=interpolate_pos_encoding,
+            deterministic=deterministic)
 
     @staticmethod
     def dummy_inputs(config: GroupViTConfig) -> dict:
@@ -531,8 +535,8 @@ class GroupViTModel(PretrainedModule):
     def setup(self):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.text_model = GroupViTTextTransformer(cfg.text, self.attention_fn, **kw)
-        self.vision_model = GroupViTVisionTransformer(cfg.vision, self.attention_fn, **kw)
+        self.text_model = GroupViTTextTransformer(config=cfg.text, attention_fn=self.attention_fn, **kw)
+        self.vision_model = GroupViTVisionTransformer(config=cfg.vision, attention_fn=self.attention_fn, **kw)
         # HF's nn.Sequential(Linear, BatchNorm1d, ReLU, Linear): indices 0, 1, 3
         dense = lambda n, axes: Dense(n, axes, std=cfg.initializer_range, **kw)
         self.visual_projection_0 = dense(cfg.projection_intermediate_dim, ("embed", "mlp"))

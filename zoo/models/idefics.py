@@ -552,9 +552,9 @@ class IdeficsModel(PretrainedModule):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.embed_tokens = IdeficsDecoupledEmbedding(cfg.vocab_size, cfg.additional_vocab_size, cfg.hidden_size,
                                                       cfg.initializer_range, **kw)
-        self.vision_model = IdeficsVisionTransformer(cfg.vision, self.attention_fn, **kw)
+        self.vision_model = IdeficsVisionTransformer(config=cfg.vision, attention_fn=self.attention_fn, **kw)
         if cfg.use_resampler:
-            self.perceiver_resampler = IdeficsPerceiverResampler(cfg, self.attention_fn, **kw)
+            self.perceiver_resampler = IdeficsPerceiverResampler(config=cfg, attention_fn=self.attention_fn, **kw)
         self.layers = [IdeficsDecoderLayer(cfg, self.attention_fn, **kw) for _ in range(cfg.num_hidden_layers)]
         self.gated_cross_attn_layers = [IdeficsGatedCrossAttentionLayer(cfg, self.attention_fn, **kw)
                                         for _ in range(cfg.num_cross_layers)]
