@@ -314,19 +314,9 @@ def convert(hf_model, architecture: str | None = None, config_overrides: dict | 
     ``attention_type``; ``kwargs``: ``dtype``, ``param_dtype``, module settings)."""
     import zoo
 
-    state = {k: v.detach().float().cpu().numpy() for k, v in hf_model.state_dict().items()}
+    state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy()
+             for k, v in hf_model.state_dict().items()}
     config = {**hf_model.config.to_dict(), **(config_overrides or {})}
-    if not hasattr(zoo, "from_state_dict"):  # TEMPORARY until the lead's API lands
-        import jax.numpy as jnp
-        from converters.mapping import torch_to_flax
-        from zoo.pretrained import build_model, pack_variables, param_shapes
-        from zoo.registry import get_family
-        fam = get_family(config["model_type"])
-        module = build_model(fam.config_class.from_dict(config), architecture or type(hf_model).__name__, **kwargs)
-        flat, report = torch_to_flax(state.keys(), state.__getitem__, fam.key_table, param_shapes(module))
-        assert not report.unused and not report.missing, report.summary()
-        v = pack_variables({k: jnp.asarray(a, kwargs.get("param_dtype")) for k, a in flat.items()})
-        return module, (v if "params" in v else {"params": v})
     loaded = zoo.from_state_dict(state, config, architecture or type(hf_model).__name__, **kwargs)
     if loaded.report.missing or loaded.report.unused:  # both sides must hold the same weights
         raise RuntimeError(f"{type(hf_model).__name__}: {loaded.report.summary()}")
