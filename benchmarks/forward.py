@@ -172,7 +172,6 @@ def describe(config) -> str:
 
 
 def run_workload(family: str, workload: str, args) -> dict:
-    import jax
     import jax.numpy as jnp
     import torch
 
@@ -271,7 +270,7 @@ def main(argv=None) -> dict:
           + (" (TINY smoke-test models)" if args.tiny else "")]
     for r in results:
         md += ["", f"#### {r['workload']}: {r['model']}, {r['input']}", "", harness.comparison_table(r["timings"]), "",
-               f"- max abs diff vs HF: " + "; ".join(f"{k}: " + ", ".join(f"{f} {v:.1e}" for f, v in c.items())
+               "- max abs diff vs HF: " + "; ".join(f"{k}: " + ", ".join(f"{f} {v:.1e}" for f, v in c.items())
                                                      for k, c in r["checks"].items()),
                f"- {args.repeats} timed runs each after {args.warmup} warm-up, interleaved; "
                + harness.load_note(r["load"])]
