@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import zoo
+from converters.errors import KeyMappingError
 from zoo import cli
 from zoo.models.data2vec_text import Data2VecTextConfig
 from zoo.models.data2vec_vision import Data2VecVisionConfig
@@ -195,7 +196,7 @@ def test_another_label_count_replaces_the_classifier(text_checkpoint, tmp_path):
     config2 = body.config.replace(num_labels=2, id2label={0: "x", 1: "y"})
     head = "Data2VecTextForSequenceClassification"
     for source in (tmp_path / "hf3", tmp_path / "zoo3"):
-        with pytest.raises(zoo.pretrained.KeyMappingError, match="shape"):
+        with pytest.raises(KeyMappingError, match="shape"):
             zoo.from_pretrained(source, head, config=config2)
         loaded = zoo.from_pretrained(source, head, config=config2, ignore_mismatched_sizes=True)
         model, report = loaded.model, loaded.report

@@ -1,4 +1,4 @@
-"""Pre- and post-processing for the audio models (numpy + stdlib only; no torch, no transformers).
+"""Pre- and post-processing: audio, images, CTC, a checkpoint's tokenizer (numpy + stdlib; no torch).
 
 * :class:`AudioFeatureExtractor` -- HF ``Wav2Vec2FeatureExtractor`` (normalize, pad, truncate).
 * :func:`read_wav` / :func:`write_wav` / :func:`to_mono` -- PCM WAV IO with the ``wave`` module.
