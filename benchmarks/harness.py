@@ -361,6 +361,20 @@ def max_diff(a, b, where=None) -> float:
     return float(d.max()) if d.size else 0.0
 
 
+PARITY_ATOL = 1e-5
+
+
+def parity_bound(reference, where=None) -> float:
+    """The parity contract's bound for an output (tests/hf_parity.py): 1e-5, or one float32
+    spacing at the output's largest magnitude where that is coarser (a value past 128)."""
+    import numpy as np
+
+    r = np.abs(np.asarray(to_numpy(reference), np.float64))
+    r = r if where is None else r[where]
+    r = r[np.isfinite(r)]
+    return max(PARITY_ATOL, float(np.spacing(np.float32(r.max())))) if r.size else PARITY_ATOL
+
+
 # ------------------------------------------------------------ peak memory
 # A small launcher process runs the command and reports its rusage: Linux records, at exec, the
 # resident size of the process image being replaced, so a command started straight from a big

@@ -233,7 +233,7 @@ class TensorSource:
         return value if axes is None else np.ascontiguousarray(value.transpose(axes))
 
 
-def _to_torch_value(path: str, value: np.ndarray) -> np.ndarray:
+def to_torch_value(path: str, value: np.ndarray) -> np.ndarray:
     if path.endswith("/num_batches_tracked"):
         return value.astype(np.int64)
     if path.endswith("/kernel") or path == "kernel":
@@ -449,7 +449,7 @@ def flax_to_torch(
         key = flax_to_torch_key(path, table)
         if key in state:
             raise KeyMappingError(f"two parameters map to the PyTorch key {key!r}")
-        state[key] = _to_torch_value(path, np.asarray(value))
+        state[key] = to_torch_value(path, np.asarray(value))
     if include_aliases:
         for alias, target in table.aliases:
             if target in state and alias not in state:

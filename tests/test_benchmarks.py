@@ -12,7 +12,6 @@ import pytest
 
 from benchmarks import convert_memory, decode, forward, kernels, train_throughput
 
-TINY_ATOL = 1e-4  # tiny random models: the parity tests' 1e-5, with room for the summed segmentation logits
 
 
 def _results(tmp_path, name: str) -> dict:
@@ -44,7 +43,16 @@ def test_forward_tiny(family, tmp_path):
         assert set(w["speedup_of_zoo"]) == {f"{n} / zoo" for n in spec["impls"] if n != "zoo"}
         zoo_checks = {k: c for k, c in w["checks"].items() if k.startswith("zoo")}
         assert zoo_checks and all(set(spec["outputs"]) <= set(c) for c in zoo_checks.values())
-        assert 0 <= w["max_abs_diff"] <= TINY_ATOL, w["checks"]
+        # the parity contract of tests/hf_parity.py: 1e-5, or one float32 spacing for values past 128
+        bounds = {p: dict(b) for p, b in w["parity_bounds"].items()}
+        if family == "groupvit" and w["workload"] == "seg":
+            # The tiny GroupViT's segmentation logits reach 40 and are products of three stages of
+            # assignment maps: measured, HF's own float32 result is 5.0e-5 from a float64 run of the
+            # same model and inputs, the zoo's 3.4e-5 (zoo vs HF 3.8e-5..4.7e-5). Held to 1e-4; the
+            # parity test (test_groupvit_parity.py) holds them to 1e-5 on a better-conditioned model.
+            bounds["zoo vs hf_eager"]["segmentation_logits"] = 1e-4
+        assert all(v <= bounds[p][f] for p, c in w["checks"].items() for f, v in c.items()), (w["checks"], bounds)
+        assert w["within_parity_contract"] or (family, w["workload"]) == ("groupvit", "seg")
 
 
 def test_decode_tiny(tmp_path):
@@ -68,6 +76,12 @@ def test_train_throughput_small(tmp_path):
     assert [t["task"] for t in data["tasks"]] == ["text", "audio"] and data["compute_dtype"] == "float32"
     for t, unit in zip(data["tasks"], ("tokens_per_s", "audio_s_per_s")):
         c = t["check"]  # dropout off, fp32: same loss and gradient norm
+        # Relative 1e-4 on the gradient norm, not 1e-5: the audio task's CTC loss over 199 frames.
+        # Measured: the zoo's backward without CTC (sum of squared logits) is 5e-8 from float64 in
+        # global norm (torch float32: 1.5e-8), but the float32 CTC recursion over 199 frames alone is
+        # 1.5e-5..1.6e-4 from float64 in both libraries (torch 1.5e-5..1.1e-4, optax 3e-5..1.6e-4,
+        # by logit scale); this run shows 6e-5 (text, no CTC: 2.7e-6).
+        # Gradient parity without CTC is tested at 1e-5 in test_data2vec_audio_parity.py.
         assert c["rel_diff_loss"] < 1e-5 and c["rel_diff_grad_norm"] < 1e-4 and c["zoo_grad_norm"] > 0, c
         _check_timings(t["timings"], ("zoo", "hf"), repeats=2)
         assert all(row[unit] > 0 and row["mfu"] is None for row in t["rows"].values())
