@@ -15,12 +15,11 @@ import numpy as np
 
 from pathlib import Path
 
-from zoo.preprocessing import write_wav
-
 import torch
 import transformers
 
-ASSETS = Path(__file__).resolve().parents[1] / "zoo" / "assets"
+from zoo.assets import ASSETS_DIR as ASSETS
+from zoo.preprocessing import write_wav
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # The longest test files first: with `-n 2 --dist loadfile` each worker takes whole files in
 # this order, so the long ones start early instead of leaving one worker alone at the end.
 _LONGEST_FIRST = ("test_readme.py", "test_notebooks.py", "test_big_bird_parity.py", "test_data2vec_vision_parity.py",
-                  "test_multihost.py", "test_sew_d_parity.py", "test_finetune.py", "test_idefics_parity.py")
+                  "test_multihost.py", "test_sew_d_parity.py", "test_finetune.py", "test_benchmarks.py", "test_idefics_parity.py")
 
 
 def pytest_collection_modifyitems(config, items):

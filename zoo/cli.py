@@ -14,7 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from zoo.assets import TINY_TEXT_CHECKPOINT as TINY_CHECKPOINT  # noqa: F401  (old name; owner: zoo.assets)
 
 DEFAULT_INPUT_IDS = "0 31415 232 328 740 1140 12695 69 46078 1588 2"
 
