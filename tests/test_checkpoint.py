@@ -39,10 +39,10 @@ from zoo.models.data2vec_text import Data2VecTextConfig
 config = Data2VecTextConfig.from_dict(dict(vocab_size=128, hidden_size=32, num_hidden_layers=1,
                                            num_attention_heads=4, intermediate_size=64, num_labels=2))
 model = zoo.build_model(config, "Data2VecTextForSequenceClassification")
-host = jax.tree.map(np.asarray, zoo.init_params(model, 0))
+host = jax.tree.map(np.asarray, zoo.init_params(model, 0)["params"])
 
 def abstract_state(mesh):  # params and an optimizer moment by param_shardings, step and rng replicated
-    shardings, replicated = parallel.param_shardings(model, mesh), NamedSharding(mesh, PartitionSpec())
+    shardings, replicated = parallel.param_shardings(model, mesh)["params"], NamedSharding(mesh, PartitionSpec())
     params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), host, shardings)
     return {{"params": params, "opt_state": {{"mu": params}}, "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
             "rng": jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)}}

@@ -52,6 +52,11 @@ def test_from_state_dict_converts_a_torch_state_dict_in_memory():
     assert np.abs(np.asarray(model.apply(variables, input_ids=IDS).logits) - want).max() <= 1e-5
     same = flatten_variables(zoo.from_pretrained(TEXT).variables)
     assert all(np.array_equal(same[k], v) for k, v in flatten_variables(variables).items())
+    # the variables own their memory: changing the state dict afterwards changes nothing
+    before = np.asarray(variables["params"]["lm_head"]["bias"]).copy()
+    with torch.no_grad():
+        hf.lm_head.bias.add_(1.0)
+    assert np.array_equal(np.asarray(variables["params"]["lm_head"]["bias"]), before)
     with pytest.raises(KeyMappingError, match="parameters missing"):
         zoo.from_state_dict({k: v for k, v in state.items() if "layer.0." not in k}, model.config)
 

@@ -284,8 +284,10 @@ def from_state_dict(state_dict: Mapping[str, Any], config: ZooConfig | Mapping[s
     arrays = {k: np.asarray(v) for k, v in state_dict.items()}
     sources, report = plan_params(arrays, get_family(config.model_type).key_table, expected,
                                   shape_of=lambda k: arrays[k].shape, source="state dict")
+    # jnp.array copies: a CPU device_put may alias the caller's buffers (torch's .numpy() views),
+    # which the caller can change later (a torch training step updates running statistics in place)
     flat = read_sources(arrays.__getitem__, sources, expected, dtype=_np_dtype(param_dtype),
-                        source="state dict", place=jax.device_put)
+                        source="state dict", place=jnp.array)
     flat.update(init_flat(module, rng, report.missing))
     return Loaded(module, pack_variables(flat), report)
 
