@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 
@@ -139,3 +139,13 @@ class ZooConfig:
 
     def __hash__(self) -> int:  # Mapping fields are not hashable; hash the JSON form.
         return hash(self.to_json_string())
+
+
+def as_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """An image or patch size from a config: ``224`` or ``[224, 224]`` -> ``(224, 224)``."""
+    if isinstance(value, int) or hasattr(value, "__index__"):
+        return int(value), int(value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a (height, width) pair, got {value}")
+    return value

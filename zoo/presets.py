@@ -21,7 +21,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from converters.mapping import KeyTable
 from zoo import outputs as out
 from zoo.attention.dense import dot_product_attention
-from zoo.config import ZooConfig, config_dataclass
+from zoo.config import ZooConfig, as_pair, config_dataclass
 from zoo.nn import losses, scan
 from zoo.nn.attention_projection import QKVProjection
 from zoo.nn.module import PretrainedModule
@@ -31,7 +31,6 @@ from zoo.nn.vision import (
     DropPath,
     PatchEmbeddings,
     RelativePositionBias,
-    as_pair,
     drop_path_rates,
     interpolate_pos_encoding,
 )

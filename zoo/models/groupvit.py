@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from converters.mapping import KeyTable
 from zoo.attention.dense import dot_product_attention
-from zoo.config import ZooConfig, config_dataclass
+from zoo.config import ZooConfig, as_pair, config_dataclass
 from zoo.nn.attention_projection import QKV_PROJ, QKVProjection
 from zoo.nn.clip import CLIPEncoderLayer, CLIPMLP, clip_attention
 from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm
@@ -26,7 +26,7 @@ from zoo.nn.losses import cross_entropy
 from zoo.nn.module import PretrainedModule
 from zoo.nn.resize import resize
 from zoo.nn.upernet import BatchNorm
-from zoo.nn.vision import PatchEmbeddings, as_pair
+from zoo.nn.vision import PatchEmbeddings
 from zoo.nn.vision import interpolate_pos_encoding as resample_positions
 from zoo import outputs as out
 

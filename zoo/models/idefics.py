@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from converters.mapping import KeyTable
 from zoo import outputs as out
 from zoo.attention.dense import dot_product_attention
-from zoo.config import ZooConfig, config_dataclass
+from zoo.config import ZooConfig, as_pair, config_dataclass
 from zoo.nn import kv_cache, masks
 from zoo.nn.attention_projection import QKV_PROJ, QKVProjection
 from zoo.nn.clip import CLIPEncoderLayer
@@ -36,7 +36,7 @@ from zoo.nn.module import PretrainedModule
 from zoo.nn.llama import GatedMLP, RMSNorm, apply_rotary, rotary_cos_sin
 from zoo.nn.losses import causal_lm_loss
 from zoo.nn.resize import resize
-from zoo.nn.vision import PatchProjection, as_pair, check_pixel_values
+from zoo.nn.vision import PatchProjection, check_pixel_values
 
 Array = jax.Array
 ALPHA_INITIALIZERS = ("zeros", "ones", "normal", "gaussian", "random")

@@ -8,7 +8,6 @@ PyTorch models and image processors use); inside, activations are channels-last.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -20,16 +19,6 @@ from zoo.nn.layers import zeros_init
 from zoo.nn.resize import resize
 
 Array = jax.Array
-
-
-def as_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    """``224`` or ``[224, 224]`` -> ``(224, 224)``."""
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    value = tuple(int(v) for v in value)
-    if len(value) != 2:
-        raise ValueError(f"{name} must be an int or a (height, width) pair, got {value}")
-    return value
 
 
 def check_pixel_values(pixel_values: Array, num_channels: int) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.config import as_pair
 from zoo.preprocessing.audio import AudioFeatureExtractor
 from zoo.preprocessing.clip_image import CLIPImageProcessor
 from zoo.preprocessing.config_file import PREPROCESSOR_CONFIG_NAME
@@ -24,15 +25,6 @@ from zoo.preprocessing.ctc_decode import VOCAB_NAME, CTCDecoder
 from zoo.preprocessing.image import BeitImageProcessor
 
 TOKENIZER_FILE = "tokenizer.json"
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    value = tuple(int(v) for v in value)
-    if len(value) != 2:
-        raise ValueError(f"{name} must be an int or a (height, width) pair, got {value}")
-    return value
 
 
 def image_processor_for(directory: str | os.PathLike | None, config):
@@ -44,7 +36,7 @@ def image_processor_for(directory: str | os.PathLike | None, config):
     processor = CLIPImageProcessor if clip else BeitImageProcessor
     if directory is not None and (Path(directory) / PREPROCESSOR_CONFIG_NAME).is_file():
         return processor.from_pretrained(Path(directory))
-    height, width = _pair(config.vision.image_size if clip else config.image_size, "image_size")
+    height, width = as_pair(config.vision.image_size if clip else config.image_size, "image_size")
     if clip:
         return CLIPImageProcessor(size={"shortest_edge": min(height, width)},
                                   crop_size={"height": height, "width": width})
