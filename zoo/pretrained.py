@@ -42,7 +42,7 @@ from zoo.config import ZooConfig
 from zoo.initialization import abstract_variables, init_flat, param_shapes
 from zoo.nn import scan
 from zoo.registry import Family, UnsupportedModelError, family_of_architecture, get_family
-from zoo.tree import DTYPES, as_dtype, check_variables, flatten_variables, pack_variables
+from zoo.tree import DTYPES, as_dtype, flatten_variables, pack_variables
 
 ZOO_WEIGHTS = "flax_model.safetensors"
 CONFIG_NAME = "config.json"
@@ -405,7 +405,7 @@ def save_pretrained(out_dir: str | os.PathLike, module: nn.Module, variables: Ma
     whether or not the model scans them; ``stacked=True`` writes them stacked
     (``encoder/layers/...`` with a leading layer axis) instead. ``from_pretrained`` reads
     both into either kind of model."""
-    flat = {k: np.asarray(v) for k, v in _flat_variables(variables, module).items()}
+    flat = {k: np.asarray(v) for k, v in flatten_variables(nn.unbox(variables), type(module).__name__).items()}
     return _save_flat(out_dir, module, _to_layout(flat, module, stacked), extra_files)
 
 def convert(src: str | os.PathLike, out_dir: str | os.PathLike, architecture: str | None = None, *,
@@ -438,12 +438,6 @@ def convert(src: str | os.PathLike, out_dir: str | os.PathLike, architecture: st
                 specs, load, file, metadata=_zoo_metadata(module)), auxiliary_files(directory))
     return module, report
 
-def _flat_variables(variables: Mapping, module: nn.Module) -> dict[str, Any]:
-    """The flat variables of ``module`` (clear errors for a params tree or doubly wrapped dict)."""
-    variables = nn.unbox(variables)
-    check_variables(variables, type(module).__name__)
-    return flatten_variables(variables)
-
 def _zoo_metadata(module: nn.Module) -> dict[str, str]:
     return {"format": "zoo-flax", "architecture": type(module).__name__}
 
@@ -468,7 +462,7 @@ def export_pytorch(out_dir: str | os.PathLike, module: nn.Module, variables: Map
     """Write a HF PyTorch checkpoint (``config.json`` + ``model.safetensors``); scanned
     (stacked) layers are written per layer, as HF's keys."""
     family = get_family(module.config.model_type)
-    flat = {k: np.asarray(v) for k, v in _flat_variables(variables, module).items()}
+    flat = {k: np.asarray(v) for k, v in flatten_variables(nn.unbox(variables), type(module).__name__).items()}
     flat = _to_layout(flat, module, stacked=False)
     state = flax_to_torch(flat, family.key_table, include_aliases=include_aliases)
     with atomic_directory(out_dir) as tmp:

@@ -66,10 +66,11 @@ def pack_variables(flat: Mapping[str, Any]) -> dict:
     return {"params": tree, **state}
 
 
-def flatten_variables(variables: Mapping) -> dict[str, Any]:
+def flatten_variables(variables: Mapping, what: str = "model") -> dict[str, Any]:
     """Inverse of :func:`pack_variables`: parameter paths bare, state paths prefixed by their
-    collection. Raises ValueError (see :func:`check_variables`) for anything else."""
-    check_variables(variables)
+    collection. Raises ValueError (see :func:`check_variables`, ``what`` names the owner) for
+    anything else."""
+    check_variables(variables, what)
     flat = flatten(variables["params"])
     for c in STATE_COLLECTIONS:
         flat.update({f"{c}/{k}": v for k, v in flatten(variables.get(c, {})).items()})

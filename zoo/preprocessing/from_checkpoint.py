@@ -75,7 +75,7 @@ def text_tokenizer_for(directories: str | os.PathLike | Sequence[str | os.PathLi
     with padding and truncation off.
 
     hint: appended to the errors (what to do instead). FileNotFoundError when no directory
-    has one, RuntimeError without ``tokenizers``, ValueError for an unreadable file.
+    has one, ValueError for an unreadable file.
     """
     if isinstance(directories, (str, os.PathLike)):
         directories = [directories]
@@ -84,11 +84,8 @@ def text_tokenizer_for(directories: str | os.PathLike | Sequence[str | os.PathLi
     if tok_file is None:
         looked = " and ".join(str(d) for d in directories if d is not None) or "no directory"
         raise FileNotFoundError(f"no {TOKENIZER_FILE} (looked in {looked}){suffix}")
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise RuntimeError(f"reading {tok_file} needs the `tokenizers` package (pip install tokenizers)"
-                           f"{suffix}") from None
+    from tokenizers import Tokenizer  # a declared dependency, imported when a tokenizer is needed
+
     try:
         tokenizer = Tokenizer.from_file(str(tok_file))
     except Exception as e:
