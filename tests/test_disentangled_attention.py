@@ -24,7 +24,8 @@ from zoo.attention.disentangled import (
 ATOL = 1e-5
 # jitted once per static configuration: much faster than op-by-op dispatch
 attention = jax.jit(disentangled_attention, static_argnames=(
-    "att_span", "pos_att_type", "dropout_rate", "deterministic", "return_probs"))
+    "att_span", "pos_att_type", "dropout_rate", "deterministic", "return_probs", "position_buckets",
+    "max_relative_positions"))
 HIDDEN, HEADS = 32, 4
 HEAD_DIM = HIDDEN // HEADS
 
@@ -329,6 +330,26 @@ def test_jit_with_positions_built_inside_and_passed_in():
     assert bool(jnp.all(jnp.isfinite(inside[0])))
 
 
+@pytest.mark.parametrize("buckets,max_rel", [(8, 32), (-1, -1), (-1, 12)])
+def test_positions_from_bucket_settings(buckets, max_rel):
+    """relative_pos=None + (position_buckets, max_relative_positions): the kernel builds the positions
+    itself, the same as passing build_relative_position(...) (jitted and eager; c2p alone with Lq != Lk)."""
+    q, k, v, pk, pq = _random_qkv(2, 24, 4, 8, 8)
+    mask = jnp.arange(24)[None, None, None, :] < jnp.array([24, 17])[:, None, None, None]
+    for lq, types in ((24, ("c2p", "p2c")), (24, ("p2c",)), (10, ("c2p",))):
+        rel = build_relative_position(lq, 24, buckets, max_rel)
+        kw = dict(pos_key=pk, pos_query=pq, att_span=8, pos_att_type=types, mask=mask, return_probs=True)
+        want = attention(q[:, :lq], k, v, relative_pos=rel, **kw)
+        got = attention(q[:, :lq], k, v, position_buckets=buckets, max_relative_positions=max_rel, **kw)
+        eager = disentangled_attention(q[:, :lq], k, v, position_buckets=buckets, max_relative_positions=max_rel, **kw)
+        for a in (got, eager):
+            assert _max_diff(a[0], want[0]) <= 1e-6 and _max_diff(a[1], want[1]) <= 1e-6
+    # no position terms: the settings are not needed (and nothing is built)
+    out, _ = attention(q, k, v, pos_att_type=(), position_buckets=8, max_relative_positions=32)
+    ref, _ = attention(q, k, v, pos_att_type=())
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+
+
 def _shapes_in_jaxpr(jaxpr) -> list[tuple[int, ...]]:
     shapes = []
     for eqn in jaxpr.eqns:
@@ -399,8 +420,8 @@ def test_half_precision_and_argument_errors():
         disentangled_attention(q, k, v, pos_query=pq, **kw)
     with pytest.raises(ValueError, match="pos_query must have shape"):
         disentangled_attention(q, k, v, pos_key=pk, pos_query=pq[:8], **kw)
-    with pytest.raises(ValueError, match="needs relative_pos"):
-        disentangled_attention(q, k, v, pos_key=pk, pos_query=pq, att_span=8, pos_att_type=("c2p",))
+    with pytest.raises(ValueError, match="either relative_pos or the bucket settings"):
+        disentangled_attention(q, k, v, pos_key=pk, pos_query=pq, position_buckets=8, max_relative_positions=32, **kw)
     with pytest.raises(ValueError, match="scale"):
         disentangled_attention(q, k, v, pos_key=pk, pos_query=pq, scale=0.1, **kw)
     with pytest.raises(ValueError, match="pos_att_type"):

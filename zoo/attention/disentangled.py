@@ -262,6 +262,8 @@ def disentangled_attention(
     relative_pos: Array | None = None,
     att_span: int | None = None,
     pos_att_type: tuple[str, ...] | list[str] = ("c2p", "p2c"),
+    position_buckets: int = -1,
+    max_relative_positions: int = -1,
     mask: Array | None = None,
     bias: Array | None = None,
     head_mask: Array | None = None,
@@ -280,8 +282,12 @@ def disentangled_attention(
       pos_query: ``[2 * att_span, H, D]``, projected by the query projection or
         ``pos_query_proj``; needed for ``"p2c"``. Extra rows beyond ``2 * att_span`` are
         ignored, as HF slices ``rel_embeddings[:2 * att_span]``.
-      relative_pos: int ``[Lq, Lk]`` (or ``[1, Lq, Lk]``), from :func:`build_relative_position`;
-        needed when ``pos_att_type`` is not empty.
+      relative_pos: int ``[Lq, Lk]`` (or ``[1, Lq, Lk]``), from :func:`build_relative_position`.
+        When None (and ``pos_att_type`` is not empty) the kernel builds
+        ``build_relative_position(Lq, Lk, position_buckets, max_relative_positions)`` itself.
+      position_buckets, max_relative_positions: the bucket settings used when ``relative_pos``
+        is None (HF's config fields; ``-1`` = no log buckets, the plain ``i - j``). Passing them
+        together with ``relative_pos`` is an error (one source of positions).
       att_span: HF's ``pos_ebd_size``: ``position_buckets`` if > 0 else ``max_relative_positions``
         (see :func:`relative_attention_span`); needed when ``pos_att_type`` is not empty.
       pos_att_type: any subset of ``("c2p", "p2c")``. ``"p2c"`` needs ``Lq == Lk`` (as in
@@ -319,9 +325,13 @@ def disentangled_attention(
     if use_c2p or use_p2c:
         if att_span is None or int(att_span) < 1:
             raise ValueError(f"pos_att_type {types} needs att_span >= 1, got {att_span}")
-        if relative_pos is None:
-            raise ValueError(f"pos_att_type {types} needs relative_pos (see build_relative_position)")
         att_span = int(att_span)
+    if relative_pos is not None and (position_buckets > 0 or max_relative_positions > 0):
+        raise ValueError(
+            "pass either relative_pos or the bucket settings (position_buckets / max_relative_positions) "
+            f"to build it from, not both (got position_buckets={position_buckets}, "
+            f"max_relative_positions={max_relative_positions} and a relative_pos array)"
+        )
 
     dropout_active = dropout_rate > 0.0 and not deterministic
     if dropout_active and dropout_rng is None:
@@ -330,6 +340,8 @@ def disentangled_attention(
     _, lq, heads, head_dim = query.shape
     lk = key.shape[1]
     if use_c2p or use_p2c:
+        if relative_pos is None:
+            relative_pos = build_relative_position(lq, lk, position_buckets, max_relative_positions)
         rel = _as_2d_positions(relative_pos, lq, lk, "relative_pos")
     if use_c2p:
         pk = _check_pos(pos_key, "c2p", "pos_key", att_span, heads, head_dim).astype(query.dtype)
