@@ -35,8 +35,7 @@ import jax.numpy as jnp
 
 from converters.mapping import KeyTable
 from zoo import outputs as out
-from zoo.attention.block_sparse import BigBirdBlockSparse
-from zoo.attention.dense import dot_product_attention
+from zoo.attention.kernels import BlockSparseAttention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import losses
 from zoo.nn.bert import (
@@ -195,7 +194,8 @@ class BigBirdModel(PretrainedModule):
 
     config: BigBirdConfig
     add_pooling_layer: bool = True
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     inference_random_seed: int | None = None
@@ -208,10 +208,10 @@ class BigBirdModel(PretrainedModule):
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
         return init_cache(self.config, batch_size, max_length, dtype or self.dtype)
 
-    def block_sparse_kernel(self) -> BigBirdBlockSparse:
+    def block_sparse_kernel(self) -> BlockSparseAttention:
         cfg = self.config
-        return BigBirdBlockSparse(cfg.block_size, cfg.num_random_blocks, cfg.max_position_embeddings,
-                                  self.inference_random_seed, self.block_sparse_dropout)
+        return BlockSparseAttention(cfg.block_size, cfg.num_random_blocks, cfg.max_position_embeddings,
+                                    self.inference_random_seed, self.block_sparse_dropout, kernel=self.attention_kernel)
 
     @nn.compact
     def __call__(
@@ -261,7 +261,7 @@ class BigBirdModel(PretrainedModule):
         else:
             cache, past_length, query_positions, mask = self_attention_setup(
                 cfg, attention_mask, batch, length, past_key_values, use_cache, self.dtype)
-            attention_fn = self.attention_fn
+            attention_fn = self.dense_attention()
         encoder_hidden_states, encoder_mask = cross_attention_inputs(
             encoder_hidden_states, encoder_attention_mask, length)
 
@@ -299,7 +299,8 @@ class _Head(TextHead):
     unless a head says otherwise)."""
 
     config: BigBirdConfig
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     inference_random_seed: int | None = None
@@ -313,7 +314,7 @@ class _Head(TextHead):
 
     def body(self, *, add_pooling_layer: bool, **inputs) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
         return BigBirdModel(
-            config=self.config, add_pooling_layer=add_pooling_layer, attention_fn=self.attention_fn,
+            config=self.config, add_pooling_layer=add_pooling_layer, attention_fn=self.attention_fn, attention_kernel=self.attention_kernel,
             dtype=self.dtype, param_dtype=self.param_dtype, inference_random_seed=self.inference_random_seed,
             block_sparse_dropout=self.block_sparse_dropout, scan_layers=self.scan_layers,
             remat_policy=self.remat_policy, name="bert")(**inputs)

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 
 from converters.mapping import KeyTable
 from zoo import outputs as out
-from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import audio, losses
 from zoo.nn.audio_heads import AudioHead, CTCHead, SequenceClassificationHead
@@ -133,7 +132,8 @@ class Data2VecAudioModel(PretrainedModule):
     """
 
     config: Data2VecAudioConfig
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     freeze_feature_encoder: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -180,7 +180,7 @@ class Data2VecAudioModel(PretrainedModule):
                 deterministic=deterministic, apply_spec_augment=cfg.apply_spec_augment,
             )
 
-        enc = audio.Encoder(cfg, self.attention_fn, scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+        enc = audio.Encoder(cfg, self.dense_attention(), scan_layers=self.scan_layers, remat_policy=self.remat_policy,
                             name="encoder", **kw)(
             hidden, frames, deterministic, output_attentions, output_hidden_states)
         last = enc["last_hidden_state"]
@@ -201,7 +201,8 @@ class Data2VecAudioModel(PretrainedModule):
 class _Head(AudioHead):
     """The ``data2vec_audio`` body under the shared audio heads."""
 
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     scan_layers: bool = False  # see Data2VecAudioModel
     remat_policy: str | None = None
 
@@ -209,7 +210,7 @@ class _Head(AudioHead):
     dummy_inputs = staticmethod(Data2VecAudioModel.dummy_inputs)
 
     def body(self, **inputs) -> out.Wav2Vec2BaseModelOutput:
-        return Data2VecAudioModel(config=self.config, attention_fn=self.attention_fn,
+        return Data2VecAudioModel(config=self.config, attention_fn=self.attention_fn, attention_kernel=self.attention_kernel,
                                   freeze_feature_encoder=self.freeze_feature_encoder, dtype=self.dtype,
                                   param_dtype=self.param_dtype, scan_layers=self.scan_layers,
                                   remat_policy=self.remat_policy, name="data2vec_audio")(**inputs)

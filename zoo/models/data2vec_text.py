@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 from converters.mapping import KeyTable
 from zoo import outputs as out
-from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn.bert import (
     BertEncoder,
@@ -147,7 +146,8 @@ class Data2VecTextModel(PretrainedModule):
 
     config: Data2VecTextConfig
     add_pooling_layer: bool = True
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     scan_layers: bool = False
@@ -189,7 +189,7 @@ class Data2VecTextModel(PretrainedModule):
         x = Data2VecTextEmbeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(
             input_ids, token_type_ids, position_ids, inputs_embeds, past_length, deterministic
         )
-        enc = BertEncoder(cfg, self.attention_fn, self.dtype, self.param_dtype, self.scan_layers,
+        enc = BertEncoder(cfg, self.dense_attention(), self.dtype, self.param_dtype, self.scan_layers,
                           self.remat_policy, name="encoder")(
             x, mask,
             encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
@@ -237,7 +237,8 @@ class _Head(TextHead):
 
     base_name = "data2vec_text"
     config: Data2VecTextConfig
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     scan_layers: bool = False  # see Data2VecTextModel
@@ -248,7 +249,7 @@ class _Head(TextHead):
 
     def body(self, *, add_pooling_layer: bool, **inputs) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
         return Data2VecTextModel(
-            config=self.config, add_pooling_layer=add_pooling_layer, attention_fn=self.attention_fn,
+            config=self.config, add_pooling_layer=add_pooling_layer, attention_fn=self.attention_fn, attention_kernel=self.attention_kernel,
             dtype=self.dtype, param_dtype=self.param_dtype, scan_layers=self.scan_layers,
             remat_policy=self.remat_policy, name="data2vec_text")(**inputs)
 

@@ -333,7 +333,8 @@ class Data2VecVisionModel(PretrainedModule):
 
     config: Data2VecVisionConfig
     add_pooling_layer: bool = False
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     scan_layers: bool = False
@@ -349,7 +350,7 @@ class Data2VecVisionModel(PretrainedModule):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x, grid = Data2VecVisionEmbeddings(cfg, name="embeddings", **kw)(
             jnp.asarray(pixel_values), bool_masked_pos, deterministic)
-        enc = Data2VecVisionEncoder(cfg, self.attention_fn, scan_layers=self.scan_layers,
+        enc = Data2VecVisionEncoder(cfg, self.dense_attention(), scan_layers=self.scan_layers,
                                     remat_policy=self.remat_policy, name="encoder", **kw)(
             x, grid, interpolate_pos_encoding, deterministic, output_attentions, output_hidden_states)
         sequence = enc["last_hidden_state"]
@@ -370,7 +371,8 @@ class Data2VecVisionForImageClassification(PretrainedModule):
     """Pooled output -> ``classifier``; loss by HF's problem type (``labels`` ``[B]`` or ``[B, num_labels]``)."""
 
     config: Data2VecVisionConfig
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     scan_layers: bool = False  # see Data2VecVisionModel
@@ -383,7 +385,7 @@ class Data2VecVisionForImageClassification(PretrainedModule):
                  output_hidden_states: bool = False, interpolate_pos_encoding: bool = False,
                  deterministic: bool = True) -> out.ImageClassifierOutput:
         cfg = self.config
-        o = Data2VecVisionModel(config=cfg, add_pooling_layer=True, attention_fn=self.attention_fn, dtype=self.dtype,
+        o = Data2VecVisionModel(config=cfg, add_pooling_layer=True, attention_fn=self.attention_fn, attention_kernel=self.attention_kernel, dtype=self.dtype,
                                 param_dtype=self.param_dtype, scan_layers=self.scan_layers,
                                 remat_policy=self.remat_policy, name="data2vec_vision")(
             pixel_values=pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
@@ -413,7 +415,8 @@ class Data2VecVisionForSemanticSegmentation(PretrainedModule):
     """
 
     config: Data2VecVisionConfig
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     conv_implementation: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -441,7 +444,7 @@ class Data2VecVisionForSemanticSegmentation(PretrainedModule):
         if labels is not None and cfg.num_labels == 1:
             raise ValueError("The number of labels should be greater than one")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        o = Data2VecVisionModel(config=cfg, add_pooling_layer=False, attention_fn=self.attention_fn,
+        o = Data2VecVisionModel(config=cfg, add_pooling_layer=False, attention_fn=self.attention_fn, attention_kernel=self.attention_kernel,
                                 scan_layers=self.scan_layers, remat_policy=self.remat_policy,
                                 name="data2vec_vision", **kw)(
             pixel_values=pixel_values, output_attentions=output_attentions, output_hidden_states=True,

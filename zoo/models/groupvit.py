@@ -454,14 +454,15 @@ class GroupViTTextModel(PretrainedModule):
     """The text tower alone (``text_model``): ``input_ids [B, L]`` -> pooled ``[B, hidden]``."""
 
     config: GroupViTConfig
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, position_ids=None, output_attentions: bool = False,
                  output_hidden_states: bool = False, deterministic: bool = True):
-        return GroupViTTextTransformer(config=self.config.text, attention_fn=self.attention_fn, dtype=self.dtype,
+        return GroupViTTextTransformer(config=self.config.text, attention_fn=self.dense_attention(), dtype=self.dtype,
                                        param_dtype=self.param_dtype, name="text_model")(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
@@ -476,14 +477,15 @@ class GroupViTVisionModel(PretrainedModule):
     """The grouping vision tower alone (``vision_model``): ``pixel_values [B, C, H, W]``."""
 
     config: GroupViTConfig
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, pixel_values, output_attentions: bool = False, output_hidden_states: bool = False,
                  interpolate_pos_encoding: bool = False, deterministic: bool = True):
-        return GroupViTVisionTransformer(config=self.config.vision, attention_fn=self.attention_fn, dtype=self.dtype,
+        return GroupViTVisionTransformer(config=self.config.vision, attention_fn=self.dense_attention(), dtype=self.dtype,
                                          param_dtype=self.param_dtype, name="vision_model")(
             pixel_values=pixel_values, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, interpolate_pos_encoding=interpolate_pos_encoding,
@@ -528,15 +530,16 @@ class GroupViTModel(PretrainedModule):
     """
 
     config: GroupViTConfig
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     def setup(self):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.text_model = GroupViTTextTransformer(config=cfg.text, attention_fn=self.attention_fn, **kw)
-        self.vision_model = GroupViTVisionTransformer(config=cfg.vision, attention_fn=self.attention_fn, **kw)
+        self.text_model = GroupViTTextTransformer(config=cfg.text, attention_fn=self.dense_attention(), **kw)
+        self.vision_model = GroupViTVisionTransformer(config=cfg.vision, attention_fn=self.dense_attention(), **kw)
         # HF's nn.Sequential(Linear, BatchNorm1d, ReLU, Linear): indices 0, 1, 3
         dense = lambda n, axes: Dense(n, axes, std=cfg.initializer_range, **kw)
         self.visual_projection_0 = dense(cfg.projection_intermediate_dim, ("embed", "mlp"))

@@ -537,7 +537,8 @@ class IdeficsModel(PretrainedModule):
     """
 
     config: IdeficsConfig
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -552,11 +553,11 @@ class IdeficsModel(PretrainedModule):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.embed_tokens = IdeficsDecoupledEmbedding(cfg.vocab_size, cfg.additional_vocab_size, cfg.hidden_size,
                                                       cfg.initializer_range, **kw)
-        self.vision_model = IdeficsVisionTransformer(config=cfg.vision, attention_fn=self.attention_fn, **kw)
+        self.vision_model = IdeficsVisionTransformer(config=cfg.vision, attention_fn=self.dense_attention(), **kw)
         if cfg.use_resampler:
-            self.perceiver_resampler = IdeficsPerceiverResampler(config=cfg, attention_fn=self.attention_fn, **kw)
-        self.layers = [IdeficsDecoderLayer(cfg, self.attention_fn, **kw) for _ in range(cfg.num_hidden_layers)]
-        self.gated_cross_attn_layers = [IdeficsGatedCrossAttentionLayer(cfg, self.attention_fn, **kw)
+            self.perceiver_resampler = IdeficsPerceiverResampler(config=cfg, attention_fn=self.dense_attention(), **kw)
+        self.layers = [IdeficsDecoderLayer(cfg, self.dense_attention(), **kw) for _ in range(cfg.num_hidden_layers)]
+        self.gated_cross_attn_layers = [IdeficsGatedCrossAttentionLayer(cfg, self.dense_attention(), **kw)
                                         for _ in range(cfg.num_cross_layers)]
         self.norm = RMSNorm(cfg.rms_norm_eps, **kw)
 
@@ -664,14 +665,15 @@ class IdeficsForVisionText2Text(PretrainedModule):
     ``labels [B, L]`` give the next-token loss (``-100`` ignored) over the whole vocabulary."""
 
     config: IdeficsConfig
-    attention_fn: Callable = dot_product_attention
+    attention_fn: Callable | None = None  # a custom dense kernel, else attention_kernel's choice
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     def setup(self):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.model = IdeficsModel(config=cfg, attention_fn=self.attention_fn, **kw)
+        self.model = IdeficsModel(config=cfg, attention_fn=self.attention_fn, attention_kernel=self.attention_kernel, **kw)
         if not cfg.tie_word_embeddings:
             self.lm_head = IdeficsDecoupledLinear(cfg.vocab_size, cfg.additional_vocab_size, cfg.initializer_range,
                                                   **kw)

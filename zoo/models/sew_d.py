@@ -24,7 +24,8 @@ import jax.numpy as jnp
 
 from converters.mapping import KeyTable
 from zoo import outputs as out
-from zoo.attention.disentangled import build_relative_position, disentangled_attention
+from zoo.attention.disentangled import build_relative_position
+from zoo.attention.kernels import DisentangledAttention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import audio, scan
 from zoo.nn.attention_projection import QKVProjection
@@ -135,6 +136,7 @@ class DisentangledSelfAttention(nn.Module):
     config: SEWDConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    kernel: DisentangledAttention = DisentangledAttention()  # which disentangled kernel runs
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, relative_pos: Array | None, rel_embeddings: Array | None,
@@ -161,8 +163,9 @@ class DisentangledSelfAttention(nn.Module):
                 pos_key = split(dense("pos_key_proj")(rel)) if "c2p" in types else None
                 pos_query = split(dense("pos_query_proj")(rel)) if "p2c" in types else None
         rng = self.make_rng("dropout") if (not deterministic and cfg.attention_dropout > 0) else None
-        context, probs = disentangled_attention(
+        context, probs = self.kernel(
             query, key, value, pos_key=pos_key, pos_query=pos_query, relative_pos=relative_pos,
+            position_buckets=cfg.position_buckets, max_relative_positions=cfg.max_relative,
             att_span=cfg.att_span, pos_att_type=types, mask=mask, dropout_rate=cfg.attention_dropout,
             dropout_rng=rng, deterministic=deterministic, return_probs=output_attentions,
         )
@@ -175,12 +178,13 @@ class SEWDAttention(nn.Module):
     config: SEWDConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    kernel: DisentangledAttention = DisentangledAttention()  # which disentangled kernel runs
 
     @nn.compact
     def __call__(self, x, mask, relative_pos, rel_embeddings, deterministic, output_attentions):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        context, probs = DisentangledSelfAttention(cfg, name="self", **kw)(
+        context, probs = DisentangledSelfAttention(cfg, kernel=self.kernel, name="self", **kw)(
             x, mask, relative_pos, rel_embeddings, deterministic, output_attentions)
         out_ = BertResidualOutput(cfg, dropout=cfg.activation_dropout, name="output", **kw)(context, x, deterministic)
         return out_, probs
@@ -190,12 +194,13 @@ class SEWDLayer(nn.Module):
     config: SEWDConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    kernel: DisentangledAttention = DisentangledAttention()  # which disentangled kernel runs
 
     @nn.compact
     def __call__(self, x, mask, relative_pos, rel_embeddings, deterministic=True, output_attentions=False):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        attn, probs = SEWDAttention(cfg, name="attention", **kw)(
+        attn, probs = SEWDAttention(cfg, kernel=self.kernel, name="attention", **kw)(
             x, mask, relative_pos, rel_embeddings, deterministic, output_attentions)
         h = BertIntermediate(cfg, name="intermediate", **kw)(attn)
         return BertResidualOutput(cfg, "mlp", cfg.activation_dropout, name="output", **kw)(h, attn, deterministic), probs
@@ -234,6 +239,7 @@ class SEWDTransformerEncoder(nn.Module):
     param_dtype: Any = jnp.float32
     scan_layers: bool = False
     remat_policy: str | None = None
+    kernel: DisentangledAttention = DisentangledAttention()  # which disentangled kernel runs
 
     layer_names = ("layer_{i}", "layers")  # per-layer, stacked
 
@@ -263,7 +269,7 @@ class SEWDTransformerEncoder(nn.Module):
             return y, (y if output_hidden_states else None, probs)
 
         run = functools.partial(
-            scan.run_layers, lambda name: SEWDLayer(cfg, name=name, **kw), step,
+            scan.run_layers, lambda name: SEWDLayer(cfg, kernel=self.kernel, name=name, **kw), step,
             consts=(mask, relative_pos, rel_embeddings), remat_policy=self.remat_policy,
             name=self.layer_names[0], stacked_name=self.layer_names[1])
         first, ys = self.first_scanned(cfg), []
@@ -296,6 +302,7 @@ class SEWDEncoder(nn.Module):
     param_dtype: Any = jnp.float32
     scan_layers: bool = False
     remat_policy: str | None = None
+    kernel: DisentangledAttention = DisentangledAttention()  # which disentangled kernel runs
 
     @nn.compact
     def __call__(self, x: Array, frames: Array | None, deterministic=True, output_attentions=False,
@@ -314,7 +321,7 @@ class SEWDEncoder(nn.Module):
         pooled = x[:, : squeezed * s].reshape(x.shape[0], squeezed, s, x.shape[2]).mean(2)
         x = pooled + positions[:, :squeezed]
         enc = SEWDTransformerEncoder(cfg, scan_layers=self.scan_layers, remat_policy=self.remat_policy,
-                                     name="encoder", **kw)(x, input_mask, deterministic, output_attentions,
+                                     kernel=self.kernel, name="encoder", **kw)(x, input_mask, deterministic, output_attentions,
                                                            output_hidden_states)
         y = SEWDUpsampling(cfg, name="upsample", **kw)(enc["last_hidden_state"])
         if y.shape[1] < num_frames:
@@ -351,6 +358,7 @@ class SEWDModel(PretrainedModule):
     param_dtype: Any = jnp.float32
     scan_layers: bool = False
     remat_policy: str | None = None
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
 
     layer_layout = property(lambda self: layer_layout(self.config))
 
@@ -393,7 +401,8 @@ class SEWDModel(PretrainedModule):
         elif mask_time_indices is not None:
             raise ValueError("mask_time_indices needs masked_spec_embed, which exists only when "
                              "mask_time_prob > 0 or mask_feature_prob > 0 in the config")
-        enc = SEWDEncoder(cfg, scan_layers=self.scan_layers, remat_policy=self.remat_policy, name="encoder", **kw)(
+        enc = SEWDEncoder(cfg, scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+                          kernel=DisentangledAttention(self.attention_kernel), name="encoder", **kw)(
             x, frames, deterministic, output_attentions, output_hidden_states)
         return out.BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=enc["last_hidden_state"], hidden_states=enc["hidden_states"],
@@ -412,6 +421,7 @@ class _Head(AudioHead):
 
     scan_layers: bool = False  # see SEWDModel
     remat_policy: str | None = None
+    attention_kernel: str = "auto"  # see zoo.attention.kernels
 
     layer_layout = property(lambda self: layer_layout(self.config))
     dummy_inputs = staticmethod(SEWDModel.dummy_inputs)
@@ -419,7 +429,7 @@ class _Head(AudioHead):
     def body(self, **inputs) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
         return SEWDModel(config=self.config, freeze_feature_encoder=self.freeze_feature_encoder, dtype=self.dtype,
                          param_dtype=self.param_dtype, scan_layers=self.scan_layers, remat_policy=self.remat_policy,
-                         name="sew_d")(**inputs)
+                         attention_kernel=self.attention_kernel, name="sew_d")(**inputs)
 
 
 class SEWDForCTC(_Head, CTCHead):
