@@ -38,10 +38,11 @@ Array = jax.Array
 ATTENTION_KERNELS = ("auto", "xla", "pallas", "cudnn")
 
 
-def check_kernel(kind: str, family: str = "attention") -> str:
+def check_kernel(kind: str, family: str | None = None) -> str:
+    """``kind`` if it is a kernel setting (and, for ``family``, one that family has)."""
     if kind not in ATTENTION_KERNELS:
         raise ValueError(f"attention_kernel {kind!r} is not one of {ATTENTION_KERNELS}")
-    if kind == "cudnn" and family != "dense":
+    if kind == "cudnn" and family not in (None, "dense"):
         raise ValueError(f"attention_kernel='cudnn' has no {family} kernel (cuDNN fuses dense attention only); "
                          "use 'auto', 'pallas' or 'xla'")
     return kind
