@@ -29,6 +29,7 @@ import dataclasses
 
 import jax
 
+from zoo.attention import pallas_block_sparse, pallas_dense, pallas_disentangled
 from zoo.attention.block_sparse import BigBirdBlockSparse, block_sparse_attention
 from zoo.attention.dense import _use_cudnn, dot_product_attention
 from zoo.attention.disentangled import disentangled_attention
@@ -91,7 +92,6 @@ class DenseAttention:
     def __call__(self, query, key, value, **kwargs):
         kind = self.choose(query, kwargs)
         if kind == "pallas":
-            from zoo.attention import pallas_dense  # TEMP until the module lands
             return pallas_dense.flash_attention(query, key, value, **kwargs)
         return dot_product_attention(query, key, value, implementation=kind, **kwargs)
 
@@ -116,7 +116,6 @@ class BlockSparseAttention(BigBirdBlockSparse):
         kwargs.update(block_size=self.block_size, rand_attn=rand_attn,
                       dropout_rate=dropout_rate if self.attention_dropout else 0.0)
         if self.choose(kwargs) == "pallas":
-            from zoo.attention import pallas_block_sparse  # TEMP
             return pallas_block_sparse.block_sparse_flash_attention(query, key, value, **kwargs)
         return block_sparse_attention(query, key, value, **kwargs)
 
@@ -143,7 +142,6 @@ class DisentangledAttention:
     def __call__(self, query, key, value, *, relative_pos=None, position_buckets=-1,
                  max_relative_positions=-1, **kwargs):
         if self.choose(kwargs) == "pallas":
-            from zoo.attention import pallas_disentangled  # TEMP
             return pallas_disentangled.disentangled_flash_attention(
                 query, key, value, position_buckets=position_buckets,
                 max_relative_positions=max_relative_positions, **kwargs)
