@@ -45,7 +45,9 @@ def _inputs(b, lq, lk, h, d, mask_kind, bias_kind, use_head_mask, dtype=jnp.floa
 
 def _loss_and_grads(kernel, mask, head_mask, weights, **kw):
     def loss(q, k, v, bias):
-        out, _ = kernel(q, k, v, mask=mask, bias=bias, head_mask=head_mask, **kw)
+        if bias is not None:
+            kw["bias"] = bias
+        out, _ = kernel(q, k, v, mask=mask, head_mask=head_mask, **kw)
         return jnp.sum(out.astype(jnp.float32) * weights), out
 
     def run(q, k, v, bias):
@@ -99,11 +101,18 @@ def test_bf16_forward_close_to_xla():
 
 
 def test_jit_with_platform_dispatch_on_cpu():
-    q, k, v, mask, bias, _ = _inputs(1, 12, 12, 2, 8, "keys", "bcast", False)
-    got, probs = jax.jit(lambda q, k, v, b: flash_attention(q, k, v, mask=mask, bias=b))(q, k, v, bias)  # backend=None
-    want, _ = dot_product_attention(q, k, v, mask=mask, bias=bias, implementation="xla")
-    assert probs is None
+    # backend=None: the CPU lowering takes the interpret branch, forward and backward. The bias
+    # is a constant here (not differentiated), which skips the kernel's dS write-out.
+    q, k, v, mask, bias, _ = _inputs(2, 12, 20, 2, 8, "keys", "bcast", False)
+    weights = jnp.asarray(np.random.RandomState(1).randn(*q.shape), jnp.float32)
+    (_, got), got_grads = _loss_and_grads(flash_attention, mask, None, weights, bias=bias)(q, k, v, None)
+    (_, want), want_grads = _loss_and_grads(dot_product_attention, mask, None, weights, bias=bias,
+                                            implementation="xla")(q, k, v, None)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    for name, g, w in zip(("dq", "dk", "dv"), got_grads, want_grads):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=0, err_msg=name)
+    out, probs = jax.jit(lambda q: flash_attention(q, k, v))(q)
+    assert probs is None and out.shape == q.shape
 
 
 def test_unsupported_requests_raise():

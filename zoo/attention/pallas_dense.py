@@ -76,9 +76,10 @@ def _compiler_params(backend: str, ndims: int = 3):
 
 
 def _dot(a, b, *, trans_a=False, trans_b=False, precision=None):
-    """2-D matmul with float32 accumulation; transposes expressed as contracting dims (both
-    Mosaic and Triton fold them into the matmul)."""
-    dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
+    """2-D matmul with float32 accumulation; ``trans_b`` as contracting dims (q k^T, dO v^T)."""
+    if trans_a:  # an explicit transpose, as the reference TPU/GPU kernels write p.T @ dO
+        a = a.T
+    dims = (((1,), (1 if trans_b else 0,)), ((), ()))
     return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 
 
@@ -141,12 +142,12 @@ def _fwd_kernel(*refs, scale, bk, lk, lk_pad, has_mask, has_bias, precision):
     l_ref[...] = l
 
 
-def _dq_kernel(*refs, scale, bk, lk, lk_pad, has_mask, has_bias, precision):
+def _dq_kernel(*refs, scale, bk, lk, lk_pad, has_mask, has_bias, with_dbias, precision):
     q_ref, k_ref, v_ref, do_ref, m_ref, l_ref, delta_ref, *rest = refs
     mask_ref = rest.pop(0) if has_mask else None
     bias_ref = rest.pop(0) if has_bias else None
     dq_ref = rest.pop(0)
-    dbias_ref = rest.pop(0) if has_bias else None
+    dbias_ref = rest.pop(0) if with_dbias else None
     q = q_ref[...]
     do = do_ref[...]
     m = m_ref[...]
@@ -288,7 +289,7 @@ def _fwd_launch(q, k, v, mask, bias, *, scale, block_q, block_k, backend):
     return lay.back(o, lay.lq), m[:, :, : lay.lq], l[:, :, : lay.lq]
 
 
-def _bwd_launch(q, k, v, mask, bias, out, m, l, dout, *, scale, block_q, block_k, backend):
+def _bwd_launch(q, k, v, mask, bias, out, m, l, dout, *, with_dbias, scale, block_q, block_k, backend):
     lay = _Layout(backend, q, k, block_q, block_k)
     bq, bk = lay.bq, lay.bk
     qp, kp, vp = lay.heads_first(q, lay.lq_pad), lay.heads_first(k, lay.lk_pad), lay.heads_first(v, lay.lk_pad)
@@ -300,6 +301,7 @@ def _bwd_launch(q, k, v, mask, bias, out, m, l, dout, *, scale, block_q, block_k
     mask, bias = _prep_mask_bias(lay, mask, bias)
     precision = _precision(q.dtype)
     has_mask, has_bias = mask is not None, bias is not None
+    with_dbias = with_dbias and has_bias
     mask_rows = has_mask and mask.shape[2] > 1
     row = lambda t: t
     zero = lambda t: 0
@@ -316,12 +318,12 @@ def _bwd_launch(q, k, v, mask, bias, out, m, l, dout, *, scale, block_q, block_k
         specs.append(_compact_spec(bias.shape, bq, lay.lk_pad, row, zero))
     out_specs = [qtile]
     out_shape = [jax.ShapeDtypeStruct(qp.shape, q.dtype)]
-    if has_bias:
+    if with_dbias:  # the dS tiles, [B, H, Lq, Lk] float32 (summed below over broadcast b/h)
         out_specs.append(pl.BlockSpec((None, None, bq, lay.lk_pad), lambda b, h, i: (b, h, i, 0)))
         out_shape.append(jax.ShapeDtypeStruct((lay.b, lay.h, lay.lq_pad, lay.lk_pad), jnp.float32))
     res = pl.pallas_call(
         functools.partial(_dq_kernel, scale=scale, bk=bk, lk=lay.lk, lk_pad=lay.lk_pad,
-                          has_mask=has_mask, has_bias=has_bias, precision=precision),
+                          has_mask=has_mask, has_bias=has_bias, with_dbias=with_dbias, precision=precision),
         grid=(lay.b, lay.h, lay.lq_pad // bq),
         in_specs=specs,
         out_specs=out_specs,
@@ -332,7 +334,7 @@ def _bwd_launch(q, k, v, mask, bias, out, m, l, dout, *, scale, block_q, block_k
     )(qp, kp, vp, dop, m, l, delta, *extra_args)
     dq = res[0]
     dbias = None
-    if has_bias:
+    if with_dbias:
         dbias = res[1][:, :, : lay.lq, : lay.lk]
         sum_axes = tuple(a for a in (0, 1) if bias.shape[a] == 1 and dbias.shape[a] > 1)
         if sum_axes:
@@ -373,21 +375,34 @@ def _flash(q, k, v, mask, bias, scale, block_q, block_k, backend):
     return out
 
 
+def _value(x):
+    return None if x is None else x.value
+
+
 def _flash_fwd(q, k, v, mask, bias, scale, block_q, block_k, backend):
+    # symbolic_zeros: leaves arrive as CustomVJPPrimal(value, perturbed). A bias that is not
+    # differentiated (a constant, e.g. a mask folded into a bias) gets no dS write-out, which
+    # would otherwise be a [B, H, Lq, Lk] float32 array in the backward.
+    want_dbias = () if bias is not None and bias.perturbed else None  # flag in the pytree structure
+    q, k, v, mask, bias = q.value, k.value, v.value, _value(mask), _value(bias)
     out, m, l = by_platform(functools.partial(_fwd_launch, scale=scale, block_q=block_q, block_k=block_k),
                             q, k, v, mask, bias, backend=backend)
-    return out, (q, k, v, mask, bias, out, m, l)
+    return out, (q, k, v, mask, bias, out, m, l, want_dbias)
 
 
 def _flash_bwd(scale, block_q, block_k, backend, residuals, dout):
-    q, k, v, mask, bias, out, m, l = residuals
+    q, k, v, mask, bias, out, m, l, want_dbias = residuals
+    if isinstance(dout, jax.custom_derivatives.SymbolicZero):
+        return (jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v), None,
+                None if want_dbias is None else jnp.zeros_like(bias))
     dq, dk, dv, dbias = by_platform(
-        functools.partial(_bwd_launch, scale=scale, block_q=block_q, block_k=block_k),
+        functools.partial(_bwd_launch, with_dbias=want_dbias is not None, scale=scale, block_q=block_q,
+                          block_k=block_k),
         q, k, v, mask, bias, out, m, l, dout, backend=backend)
     return dq, dk, dv, None, dbias
 
 
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash.defvjp(_flash_fwd, _flash_bwd, symbolic_zeros=True)
 
 
 # ----------------------------------------------------------------------------- public
