@@ -213,3 +213,22 @@ def test_lowers(platform, dtype, L):
     for fn, calls in ((forward, 1), (forward_backward, 3)):
         text = export_for(fn, platform, *args).mlir_module()
         assert text.count(marker) >= calls, (fn.__name__, text.count(marker))
+
+
+@pytest.mark.parametrize("types", TYPES, ids=lambda t: "+".join(t) or "none")
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_lowers_odd_shapes(platform, types):
+    """batch 2, 3 heads, a length no tile divides, head_dim 12 (padded to 16 for Triton), a
+    full [B, H, L, L] mask: forward + backward lower."""
+    B, L, H, D, span = 2, 300, 3, 12, 256
+    sds = jax.ShapeDtypeStruct
+    args = (sds((B, L, H, D), jnp.float32),) * 3 + (sds((2 * span, H, D), jnp.float32),) * 2
+
+    def forward_backward(q, k, v, pk, pq, mask):
+        def loss(*a):
+            return disentangled_flash_attention(*a[:3], pos_key=a[3], pos_query=a[4], att_span=span, mask=mask,
+                                                pos_att_type=types, position_buckets=256,
+                                                max_relative_positions=512)[0].sum()
+        return jax.grad(loss, argnums=(0, 1, 2, 3, 4))(q, k, v, pk, pq)
+
+    export_for(forward_backward, platform, *args, sds((B, H, L, L), jnp.bool_))

@@ -304,7 +304,7 @@ def _full(shape, head_only=False, heads=1):
     """BlockSpec of a whole per-(batch, head) (or per-head) slab ``[bh, *shape]``."""
     nd = len(shape)
     if head_only:
-        return pl.BlockSpec((None, *shape), lambda bh, i: (bh % heads,) + (0,) * nd)
+        return pl.BlockSpec((None, *shape), lambda bh, i: (jax.lax.rem(bh, heads),) + (0,) * nd)
     return pl.BlockSpec((None, *shape), lambda bh, i: (bh,) + (0,) * nd)
 
 
@@ -317,7 +317,9 @@ def _mask_spec(cfg: _Cfg, mask):
     mb, mh = cfg.mask_b, cfg.mask_h
 
     def index(bh, i):
-        return (bh // heads if mb else 0, bh % heads if mh else 0, 0, 0)
+        # lax.div / rem (non-negative): jnp's floor division lowers through sign, which Mosaic
+        # lowers per chip
+        return (jax.lax.div(bh, heads) if mb else 0, jax.lax.rem(bh, heads) if mh else 0, 0, 0)
 
     return pl.BlockSpec((None, None, *mask.shape[2:]), index)
 
