@@ -230,3 +230,13 @@ def test_the_work_of_zoo_run_is_a_library_call(tmp_path):
     assert ids.tolist() == [[5, 6, 7], [8, 1, 1]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     vision = zoo_lib.load_preset("data2vec-vision-base")
     assert image_processor_for(None, vision).size == {"height": 224, "width": 224}
+
+
+def test_run_with_the_fused_attention_kernels_and_a_bad_kernel_name():
+    default = zoo("run", str(TINY_CHECKPOINT))
+    fused = zoo("run", str(TINY_CHECKPOINT), "--attention-kernel", "pallas")  # interpreted on CPU
+    assert default.returncode == 0 and fused.returncode == 0, fused.stderr
+    assert fused.stdout == default.stdout  # the printed top-5 ids of every position
+    bad = zoo("run", str(TINY_CHECKPOINT), "--attention-kernel", "flash")
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == (
+        "zoo: error: attention_kernel 'flash' is not one of ('auto', 'xla', 'pallas', 'cudnn')")

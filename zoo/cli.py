@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the checkpoint's tokenizer.json; or give --input-ids \"ids, ids\")")
     p.add_argument("--architecture")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--attention-kernel", default="auto",
+                   help="attention kernels: auto (XLA on CPU; cuDNN / Pallas on GPU and TPU), xla, pallas "
+                        "(interpreted on CPU: slow), cudnn")
 
     p = sub.add_parser("finetune", help="fine-tune a checkpoint on a data set as a recipe says (sharded, resumable)")
     p.add_argument("--recipe", required=True, help="recipe JSON (configs/finetune/NAME.json)")
@@ -154,7 +157,8 @@ def cmd_run(args) -> None:
     from zoo import inference, pretrained
 
     src = pretrained.resolve_checkpoint(args.checkpoint)
-    model, variables = pretrained.from_pretrained(src, args.architecture)
+    model, variables = pretrained.from_pretrained(src, args.architecture,
+                                                  attention_kernel=getattr(args, "attention_kernel", "auto"))
     name = type(model).__name__
     kind = inference.input_kind(model)
     image, audio = getattr(args, "image", None), getattr(args, "audio", None)

@@ -26,6 +26,11 @@ from zoo.tree import check_variables
 class PretrainedModule(nn.Module):
     """``nn.Module`` whose ``apply`` checks its variables (a clear error instead of Flax's)."""
 
+    def __post_init__(self):
+        if hasattr(self, "attention_kernel"):  # a bad name fails when the model is built, not at its first call
+            check_kernel(self.attention_kernel)
+        super().__post_init__()
+
     @nn.nowrap
     def apply(self, variables, *args, attention_kernel: str | None = None, **kwargs):
         check_variables(variables, type(self).__name__)
