@@ -15,6 +15,8 @@ import pytest
 import torch
 import transformers
 
+import zoo
+
 import test_big_bird_parity as big_bird
 import test_data2vec_audio_parity as d2v_audio
 import test_data2vec_text_parity as d2v_text
@@ -121,3 +123,14 @@ def test_cudnn_has_no_block_sparse_or_disentangled_kernel():
     module, variables = to_zoo(hf)
     with pytest.raises(ValueError, match="no disentangled kernel"):
         module.apply(variables, x, mask, attention_kernel="cudnn")
+
+
+def test_from_pretrained_sets_the_kernel():
+    from zoo.assets import TINY_TEXT_CHECKPOINT
+
+    model, variables = zoo.from_pretrained(TINY_TEXT_CHECKPOINT, attention_kernel="pallas")
+    assert model.attention_kernel == "pallas"
+    ids = np.array([[0, 31, 7, 4, 2]])
+    assert "pallas_call" in str(jax.make_jaxpr(lambda v: model.apply(v, ids))(variables))
+    with pytest.raises(ValueError, match="attention_kernel 'fast' is not one of"):
+        zoo.from_pretrained(TINY_TEXT_CHECKPOINT, attention_kernel="fast")
