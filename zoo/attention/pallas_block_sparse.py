@@ -153,23 +153,37 @@ def _nn(a, b):
     return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
-def _scores(x, y, key_keep, query_keep, uq, scale):
+def _nt_small(a, b):
+    """``a @ b.T`` without a dot: Triton's dots need every dimension >= 16 (block_size 4, 8)."""
+    return jnp.sum(a.astype(jnp.float32)[:, None, :] * b.astype(jnp.float32)[None, :, :], axis=2)
+
+
+def _nn_small(a, b):
+    return jnp.sum(a.astype(jnp.float32)[:, :, None] * b.astype(jnp.float32)[None, :, :], axis=1)
+
+
+DOTS = (_nt, _nn)
+SMALL_DOTS = (_nt_small, _nn_small)
+
+
+def _scores(x, y, key_keep, query_keep, uq, scale, nt):
     """Scores ``x @ y.T * scale`` plus HF's additive penalty. ``key_keep`` / ``query_keep`` are
     (1, bs) / (bs, 1) (or transposed, for the key-major backward); ``uq`` 1.0 where the
     query's own padding applies to this pair."""
     allowed = key_keep * (uq * query_keep + (1.0 - uq))
-    return _nt(x, y) * scale + (1.0 - allowed) * MASK_PENALTY
+    return nt(x, y) * scale + (1.0 - allowed) * MASK_PENALTY
 
 
 def _fwd_init(bs, d):
     return [((bs, 1), -jnp.inf), ((bs, 1), 0.0), ((bs, d), 0.0)]
 
 
-def _fwd_step(carry, run, pair, uq, scale):
+def _fwd_step(carry, run, pair, uq, scale, dots):
+    _nt, _nn = dots
     m, l, acc = carry
     q, q_keep = run
     k, v, k_keep = pair
-    s = _scores(q, k, k_keep, q_keep, uq, scale)
+    s = _scores(q, k, k_keep, q_keep, uq, scale, _nt)
     m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
     alpha = jnp.exp(m - m_new)
     p = jnp.exp(s - m_new)
@@ -187,11 +201,12 @@ def _dq_init(bs, d):
     return [((bs, d), 0.0)]
 
 
-def _dq_step(carry, run, pair, uq, scale):
+def _dq_step(carry, run, pair, uq, scale, dots):
+    _nt, _nn = dots
     (dq,) = carry
     q, do, lse, di, q_keep = run
     k, v, k_keep = pair
-    p = jnp.exp(_scores(q, k, k_keep, q_keep, uq, scale) - lse)
+    p = jnp.exp(_scores(q, k, k_keep, q_keep, uq, scale, _nt) - lse)
     ds = p * (_nt(do, v) - di)
     return (dq + _nn(ds.astype(k.dtype), k),)
 
@@ -204,12 +219,13 @@ def _dkv_init(bs, d):
     return [((bs, d), 0.0), ((bs, d), 0.0)]
 
 
-def _dkv_step(carry, run, pair, uq, scale):
+def _dkv_step(carry, run, pair, uq, scale, dots):
     """Key-major: scores transposed ``[keys, queries]``, so every product is NN or NT."""
+    _nt, _nn = dots
     dk, dv = carry
     k, v, k_keep = run  # k_keep (bs, 1)
     q, do, lse, di, q_keep = pair  # lse, di, q_keep (1, bs)
-    p_t = jnp.exp(_scores(k, q, k_keep, q_keep, uq, scale) - lse)
+    p_t = jnp.exp(_scores(k, q, k_keep, q_keep, uq, scale, _nt) - lse)
     dv = dv + _nn(p_t.astype(do.dtype), do)
     ds_t = p_t * (_nt(v, do) - di)
     dk = dk + _nn(ds_t.astype(q.dtype), q)
@@ -304,7 +320,7 @@ def _launch_tpu(name, table, run_ops, pair_ops, outs, *, bs, n, bits, scale, int
 
         run = [ref[...] for ref in ins[:n_run]]
         pair = [ref[...] for ref in ins[n_run:]]
-        carry = kernel.step(tuple(ref[...] for ref in scratch), run, pair, uq.astype(jnp.float32), scale)
+        carry = kernel.step(tuple(ref[...] for ref in scratch), run, pair, uq.astype(jnp.float32), scale, DOTS)
         for ref, c in zip(scratch, carry):
             ref[...] = c
 
@@ -349,6 +365,8 @@ def _gpu_load(ref, kind, blk, bs):
 def _launch_gpu(name, table, starts, run_ops, pair_ops, outs, *, bs, n, bits, scale, interpret):
     from jax.experimental.pallas import triton as pltr
 
+    dots = SMALL_DOTS if bs < 16 else DOTS
+
     kernel = _KERNELS[name]
     bt, heads, pairs = table.shape
     batch = run_ops[0][0].shape[0]
@@ -372,7 +390,7 @@ def _launch_gpu(name, table, starts, run_ops, pair_ops, outs, *, bs, n, bits, sc
         def visit(p, carry):
             _, blk, uq, _, _ = _decode(t_ref[p], bits)
             pair = [_gpu_load(ref, kind, blk, bs) for ref, kind in zip(ins[n_run:], pair_kinds)]
-            return kernel.step(carry, run, pair, uq.astype(jnp.float32), scale)
+            return kernel.step(carry, run, pair, uq.astype(jnp.float32), scale, dots)
 
         carry = tuple(jnp.full(shape, fill, jnp.float32) for shape, fill in init)
         carry = jax.lax.fori_loop(s_ref[i], s_ref[i + 1], visit, carry)
@@ -399,9 +417,6 @@ def _launch(name, table, starts, run_ops, pair_ops, outs, *, cfg, backend):
     d = run_ops[0][0].shape[-1]
     dp = d
     if driver == "gpu":
-        if not interpret and (bs < 16 or bs & (bs - 1)):
-            raise ValueError(f"the Triton block-sparse kernel needs a power-of-two block_size >= 16, got {bs}; "
-                             "use zoo.attention.block_sparse.block_sparse_attention")
         dp = _gpu_dims(d)
     fix = lambda ops: [(ps.pad_axis(x, x.ndim - 1, dp) if k == "mat" else _to_layout(x, k, driver, n, bs), k, hh)
                        for x, k, hh in ops]
