@@ -106,12 +106,17 @@ def _iota(shape, axis):
     return jax.lax.broadcasted_iota(jnp.int32, shape, axis)
 
 
-def _valid(cfg: _Cfg, r, i0, j0):
-    """[1 or bq, bk] bool: real (not padded) keys the mask keeps."""
+def _valid(cfg: _Cfg, r, i0, j0, by_query: bool):
+    """[1 or bq, bk] bool: real (not padded) keys the mask keeps.
+
+    The mask block is the query tile's rows (``by_query``: forward and dq kernels) or the key
+    tile's columns (dk/dv kernel), so a full ``[Lq, Lk]`` mask is never resident whole.
+    """
     valid = (j0 + _iota((1, cfg.bk), 1)) < cfg.lk
     if cfg.mask_q:
-        rows = pl.ds(i0, cfg.bq) if cfg.mask_q == 2 else pl.ds(0, 1)
-        valid = jnp.logical_and(valid, r["mask"][rows, pl.ds(j0, cfg.bk)] != 0)
+        rows = pl.ds(0, 1) if cfg.mask_q == 1 else pl.ds(0, cfg.bq) if by_query else pl.ds(i0, cfg.bq)
+        cols = pl.ds(j0, cfg.bk) if by_query else pl.ds(0, cfg.bk)
+        valid = jnp.logical_and(valid, r["mask"][rows, cols] != 0)
     return valid
 
 
@@ -199,7 +204,7 @@ def _fwd_kernel(cfg: _Cfg, names, *refs):
         k_t = r["k"][pl.ds(j0, cfg.bk), :]
         v_t = r["v"][pl.ds(j0, cfg.bk), :]
         s = _scores(cfg, r, q_t, k_t, i0, j0) * cfg.inv_scale
-        valid = _valid(cfg, r, i0, j0)
+        valid = _valid(cfg, r, i0, j0, True)
         s = jnp.where(valid, s, NEG)
         m_new = jnp.maximum(m_i, jnp.max(s, axis=1, keepdims=True))
         p = jnp.where(valid, jnp.exp(s - m_new), 0.0)
@@ -233,7 +238,7 @@ def _dq_kernel(cfg: _Cfg, names, *refs):
         k_t = r["k"][pl.ds(j0, cfg.bk), :]
         v_t = r["v"][pl.ds(j0, cfg.bk), :]
         s = _scores(cfg, r, q_t, k_t, i0, j0) * cfg.inv_scale
-        valid = _valid(cfg, r, i0, j0)
+        valid = _valid(cfg, r, i0, j0, True)
         p = jnp.where(valid, jnp.exp(s - lse), 0.0)
         dp = _dot(do_t, v_t, tb=True)
         ds = p * (dp - delta) * cfg.inv_scale  # gradient of the raw scores
@@ -269,7 +274,7 @@ def _dkv_kernel(cfg: _Cfg, names, *refs):
         lse = r["lse"][pl.ds(i0, cfg.bq), :]
         delta = r["delta"][pl.ds(i0, cfg.bq), :]
         s = _scores(cfg, r, q_t, k_t, i0, j0) * cfg.inv_scale
-        valid = _valid(cfg, r, i0, j0)
+        valid = _valid(cfg, r, i0, j0, False)
         p = jnp.where(valid, jnp.exp(s - lse), 0.0)
         dv = dv + _dot(p.astype(do_t.dtype), do_t, ta=True)
         dp = _dot(do_t, v_t, tb=True)
@@ -312,16 +317,20 @@ def _tile(rows, cols):
     return pl.BlockSpec((None, rows, cols), lambda bh, i: (bh, i, 0))
 
 
-def _mask_spec(cfg: _Cfg, mask):
+def _mask_spec(cfg: _Cfg, mask, by_query: bool):
     heads = cfg.heads
     mb, mh = cfg.mask_b, cfg.mask_h
+    rows = 1 if cfg.mask_q == 1 else cfg.bq if by_query else cfg.lq_p
+    cols = cfg.lk_p if by_query else cfg.bk
 
     def index(bh, i):
         # lax.div / rem (non-negative): jnp's floor division lowers through sign, which Mosaic
         # lowers per chip
-        return (jax.lax.div(bh, heads) if mb else 0, jax.lax.rem(bh, heads) if mh else 0, 0, 0)
+        b = jax.lax.div(bh, heads) if mb else 0
+        h = jax.lax.rem(bh, heads) if mh else 0
+        return (b, h, i if (by_query and cfg.mask_q == 2) else 0, 0 if by_query else i)
 
-    return pl.BlockSpec((None, None, *mask.shape[2:]), index)
+    return pl.BlockSpec((None, None, rows, cols), index)
 
 
 def _rel_inputs(cfg: _Cfg, ops, *, need_tables: bool):
@@ -384,7 +393,7 @@ def _forward(cfg: _Cfg, q, k, v, pk, pq, mask, idx_c, idx_p):
     n2, a2, s2 = _rel_inputs(cfg, ops, need_tables=True)
     names += n2; arrays += a2; specs += s2
     if cfg.mask_q:
-        names.append("mask"); arrays.append(mask); specs.append(_mask_spec(cfg, mask))
+        names.append("mask"); arrays.append(mask); specs.append(_mask_spec(cfg, mask, True))
     out_shape = [jax.ShapeDtypeStruct((bh, cfg.lq_p, cfg.dp), q.dtype),
                  jax.ShapeDtypeStruct((bh, cfg.lq_p, 1), jnp.float32)]
     out_specs = [_tile(cfg.bq, cfg.dp), _tile(cfg.bq, 1)]
@@ -414,7 +423,7 @@ def _backward(cfg: _Cfg, q, k, v, pk, pq, mask, idx_c, idx_p, o, lse, do):
     n2, a2, s2 = _rel_inputs(cfg, ops, need_tables=True)
     names += n2; arrays += a2; specs += s2
     if cfg.mask_q:
-        names.append("mask"); arrays.append(mask); specs.append(_mask_spec(cfg, mask))
+        names.append("mask"); arrays.append(mask); specs.append(_mask_spec(cfg, mask, True))
     out_names = ["dq"]
     out_shape = [jax.ShapeDtypeStruct((bh, cfg.lq_p, cfg.dp), q.dtype)]
     out_specs = [_tile(cfg.bq, cfg.dp)]
@@ -446,7 +455,7 @@ def _backward(cfg: _Cfg, q, k, v, pk, pq, mask, idx_c, idx_p, o, lse, do):
     n2, a2, s2 = _rel_inputs(cfg, ops, need_tables=True)
     names += n2; arrays += a2; specs += s2
     if cfg.mask_q:
-        names.append("mask"); arrays.append(mask); specs.append(_mask_spec(cfg, mask))
+        names.append("mask"); arrays.append(mask); specs.append(_mask_spec(cfg, mask, False))
     out_names = ["dk", "dv"]
     out_shape = [jax.ShapeDtypeStruct((bh, cfg.lk_p, cfg.dp), k.dtype),
                  jax.ShapeDtypeStruct((bh, cfg.lk_p, cfg.dp), v.dtype)]
