@@ -295,13 +295,25 @@ def _dkv_kernel(cfg: _Cfg, names, *refs):
 
 
 # ------------------------------------------------------------------------ pallas calls
-def _compiler_params(cfg: _Cfg, sequential: bool):
+def _vmem_bytes(arrays, specs, out_shape, out_specs) -> int:
+    """Double-buffered VMEM of a call's blocks (TPU), plus a margin for the tile temporaries."""
+    total = 0
+    for a, spec in list(zip(arrays, specs)) + list(zip(out_shape, out_specs)):
+        block = [d for d in spec.block_shape if d is not None]
+        total += 2 * int(np.prod(block)) * jnp.dtype(a.dtype).itemsize
+    return total + 8 * 2**20
+
+
+def _compiler_params(cfg: _Cfg, sequential: bool, vmem: int = 0):
     if cfg.interpret:
         return None
     if cfg.driver == "tpu":
+        # the scoped VMEM default (16 MiB on most chips) is raised only when the resident
+        # per-(batch, head) blocks need it (long sequences)
+        limit = None if vmem <= 12 * 2**20 else min(int(vmem * 1.25), 100 * 2**20)
         return pltpu.CompilerParams(
             dimension_semantics=("parallel", "arbitrary" if sequential else "parallel"),
-            vmem_limit_bytes=100 * 2**20)
+            vmem_limit_bytes=limit)
     return plgpu.CompilerParams(num_warps=4, num_stages=2)
 
 
@@ -400,7 +412,7 @@ def _forward(cfg: _Cfg, q, k, v, pk, pq, mask, idx_c, idx_p):
     o, lse = pl.pallas_call(
         functools.partial(_fwd_kernel, cfg, tuple(names) + ("o", "lse")),
         grid=(bh, nq), in_specs=specs, out_specs=out_specs, out_shape=out_shape,
-        interpret=cfg.interpret, compiler_params=_compiler_params(cfg, False),
+        interpret=cfg.interpret, compiler_params=_compiler_params(cfg, False, _vmem_bytes(arrays, specs, out_shape, out_specs)),
     )(*arrays)
     return o, lse
 
@@ -442,7 +454,7 @@ def _backward(cfg: _Cfg, q, k, v, pk, pq, mask, idx_c, idx_p, o, lse, do):
         functools.partial(_dq_kernel, cfg, tuple(names) + tuple(out_names)),
         grid=(bh, nq), in_specs=specs, out_specs=out_specs, out_shape=out_shape,
         input_output_aliases=aliases, interpret=cfg.interpret,
-        compiler_params=_compiler_params(cfg, cfg.c2p),
+        compiler_params=_compiler_params(cfg, cfg.c2p, _vmem_bytes(arrays, specs, out_shape, out_specs)),
     )(*arrays)
     dq = res[0]
     d_r = res[1] if cfg.c2p else None
@@ -475,7 +487,7 @@ def _backward(cfg: _Cfg, q, k, v, pk, pq, mask, idx_c, idx_p, o, lse, do):
         functools.partial(_dkv_kernel, cfg, tuple(names) + tuple(out_names)),
         grid=(bh, nk), in_specs=specs, out_specs=out_specs, out_shape=out_shape,
         input_output_aliases=aliases, interpret=cfg.interpret,
-        compiler_params=_compiler_params(cfg, cfg.p2c),
+        compiler_params=_compiler_params(cfg, cfg.p2c, _vmem_bytes(arrays, specs, out_shape, out_specs)),
     )(*arrays)
     dk, dv = res[0], res[1]
     d_f = res[2] if cfg.p2c else None
