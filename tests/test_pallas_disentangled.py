@@ -142,6 +142,29 @@ def test_shared_attention_key(driver):
         assert _max_diff(a, b) <= 2 * ATOL
 
 
+@pytest.mark.parametrize("driver", ["tpu", "gpu"])
+def test_bfloat16(driver):
+    """bf16 inputs: bf16 output and gradients, close to the fp32 XLA result."""
+    span = _span("buckets8")
+    ks = jax.random.split(jax.random.PRNGKey(6), 4)
+    q, k, v = (jax.random.normal(x, (2, 21, 2, 8)) for x in ks[:3])
+    pk = jax.random.normal(ks[3], (2 * span, 2, 8))
+    mask = _key_mask(2, 21)
+    kw = dict(pos_key=pk, pos_query=pk, att_span=span, mask=mask)
+    want, _ = disentangled_attention(q, k, v, relative_pos=build_relative_position(21, 21, 8, 32), **kw)
+    bf = lambda x: x.astype(jnp.bfloat16)
+
+    def loss(q, k, v, pk):
+        out, _ = disentangled_flash_attention(q, k, v, **{**kw, "pos_key": pk, "pos_query": pk},
+                                              position_buckets=8, max_relative_positions=32, driver=driver)
+        return out.astype(jnp.float32).sum(), out
+
+    grads, got = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(bf(q), bf(k), bf(v), bf(pk))
+    assert got.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in grads)
+    assert _max_diff(got, want) <= 3e-2
+    assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in grads)
+
+
 def test_toeplitz_relative_pos_array_is_accepted():
     span = _span("buckets8")
     q = jax.random.normal(jax.random.PRNGKey(0), (1, 20, 2, 8))
