@@ -9,6 +9,7 @@ workspace un-skew + atomics backward) are interpreted. Lowering for TPU (Mosaic)
 from __future__ import annotations
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -163,6 +164,40 @@ def test_bfloat16(driver):
     assert got.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in grads)
     assert _max_diff(got, want) <= 3e-2
     assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in grads)
+
+
+def _outer_shapes(jaxpr):
+    """Shapes of every value outside the Pallas kernels (sub-jaxprs included)."""
+    for eqn in jaxpr.eqns:
+        yield from (v.aval.shape for v in eqn.outvars if hasattr(v.aval, "shape"))
+        if eqn.primitive.name == "pallas_call":
+            continue
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    yield from _outer_shapes(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    yield from _outer_shapes(sub)
+
+
+@pytest.mark.parametrize("driver", ["tpu", "gpu"])
+def test_no_length_by_length_intermediate(driver):
+    """Forward + backward outside the kernels hold nothing of size [Lq, Lk] (positions are
+    per distance, O(Lq + Lk)); with a key-padding mask."""
+    length, span = 64, _span("buckets8")
+    x = jnp.zeros((2, length, 3, 8))
+    pk = jnp.zeros((2 * span, 3, 8))
+    mask = _key_mask(2, length)
+
+    def loss(q, k, v, pk, pq):
+        out, _ = disentangled_flash_attention(q, k, v, pos_key=pk, pos_query=pq, att_span=span, mask=mask,
+                                              position_buckets=8, max_relative_positions=32, driver=driver,
+                                              backend="interpret")  # tiles of 16: 4 x 4 of them
+        return out.sum()
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(x, x, x, pk, pk).jaxpr
+    shapes = list(_outer_shapes(jaxpr))
+    assert shapes and not [s for s in shapes if sum(d >= length for d in s) >= 2]
 
 
 def test_toeplitz_relative_pos_array_is_accepted():
