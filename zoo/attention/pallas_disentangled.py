@@ -122,8 +122,8 @@ def _valid(cfg: _Cfg, r, i0, j0, by_query: bool):
 
 def _rel_windows(cfg: _Cfg, i0, j0):
     """Starts of the c2p (decreasing distances) and p2c (increasing) windows of a tile."""
-    m_c = cfg.lq_p - cfg.bq - i0 + j0
-    m_p = cfg.lk_p - cfg.bk + i0 - j0
+    m_c = pl.multiple_of(cfg.lq_p - cfg.bq - i0 + j0, cfg.bq)  # (bq == bk divides every term)
+    m_p = pl.multiple_of(cfg.lk_p - cfg.bk + i0 - j0, cfg.bq)
     return m_c, m_p
 
 
