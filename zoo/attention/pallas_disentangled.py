@@ -31,6 +31,12 @@ For every tile the distances form a contiguous window of ``bq + bk - 1`` values,
 TPU -> Mosaic with the tpu driver, CUDA/ROCm -> Triton with the gpu driver, anything else
 -> Pallas' interpreter (tests; ``driver=`` chooses which formulation it interprets).
 
+Memory: per (batch, head) the kernels keep K and V (forward, dq) or Q and dO (dk/dv) and
+the ``[Lq + Lk, D]`` per-distance rows resident (VMEM on TPU; the vmem limit is raised
+from the blocks' size), masks come in query- or key-tile blocks; outside the kernels
+everything is ``O(B H L (D + 2 span))``. Very long sequences on TPU (beyond ~8k at
+``D = 64`` fp32) would need the key axis as a grid axis instead of an in-kernel loop.
+
 Not supported (use the XLA kernel; the model's kernel selector does): returned
 probabilities, attention dropout in training, an additive ``bias``, head masks that are not
 per (batch, head). A ``relative_pos`` array is accepted only when it is concrete and
@@ -495,7 +501,7 @@ def _backward(cfg: _Cfg, q, k, v, pk, pq, mask, idx_c, idx_p, o, lse, do):
     # per-distance gradients -> bucket rows (sum over batch, then scatter-add over distances)
     dpk = dpq = None
     b = bh // cfg.heads
-    if cfg.c2p:  # d table gradients also come through the gpu tables: none (gradient taken per distance)
+    if cfg.c2p:  # (the gpu tables are not differentiated: their gradient is taken per distance too)
         g = d_r.reshape(b, cfg.heads, cfg.ldist, cfg.dp).sum(0)
         dpk = jnp.zeros(pk.shape, f32).at[:, ops["R_idx"]].add(g).astype(pk.dtype)
     if cfg.p2c:
