@@ -306,7 +306,10 @@ def _vmem_bytes(arrays, specs, out_shape, out_specs) -> int:
     total = 0
     for a, spec in list(zip(arrays, specs)) + list(zip(out_shape, out_specs)):
         block = [d for d in spec.block_shape if d is not None]
-        total += 2 * int(np.prod(block)) * jnp.dtype(a.dtype).itemsize
+        block[-1] = round_up(block[-1], 128)  # VMEM tiles pad lanes to 128, sublanes to 8
+        if len(block) > 1:
+            block[-2] = round_up(block[-2], 8)
+        total += 2 * int(np.prod(block)) * max(4, jnp.dtype(a.dtype).itemsize)
     return total + 8 * 2**20
 
 
