@@ -134,8 +134,8 @@ def _transposed_table(plan: _Plan, keys: Array):
     run = jnp.take_along_axis(keys, order, -1)
     q = jnp.asarray(plan.q)[order]
     uq = jnp.asarray(plan.uq)[order]
-    counts = jnp.sum(keys[..., None] == jnp.arange(plan.n, dtype=keys.dtype), axis=-2)
-    starts = jnp.concatenate([jnp.zeros_like(counts[..., :1]), jnp.cumsum(counts, -1)], -1).astype(jnp.int32)
+    bounds = jnp.arange(plan.n + 1, dtype=run.dtype)
+    starts = jax.vmap(jax.vmap(lambda row: jnp.searchsorted(row, bounds, side="left")))(run).astype(jnp.int32)
     return _pack(plan, run, q, uq), starts
 
 
@@ -179,16 +179,16 @@ def _fwd_init(bs, d):
 
 
 def _fwd_step(carry, run, pair, uq, scale, dots):
-    _nt, _nn = dots
+    nt, nn = dots
     m, l, acc = carry
     q, q_keep = run
     k, v, k_keep = pair
-    s = _scores(q, k, k_keep, q_keep, uq, scale, _nt)
+    s = _scores(q, k, k_keep, q_keep, uq, scale, nt)
     m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
     alpha = jnp.exp(m - m_new)
     p = jnp.exp(s - m_new)
     l = alpha * l + jnp.sum(p, axis=1, keepdims=True)
-    acc = alpha * acc + _nn(p.astype(v.dtype), v)
+    acc = alpha * acc + nn(p.astype(v.dtype), v)
     return m_new, l, acc
 
 
@@ -202,13 +202,13 @@ def _dq_init(bs, d):
 
 
 def _dq_step(carry, run, pair, uq, scale, dots):
-    _nt, _nn = dots
+    nt, nn = dots
     (dq,) = carry
     q, do, lse, di, q_keep = run
     k, v, k_keep = pair
-    p = jnp.exp(_scores(q, k, k_keep, q_keep, uq, scale, _nt) - lse)
-    ds = p * (_nt(do, v) - di)
-    return (dq + _nn(ds.astype(k.dtype), k),)
+    p = jnp.exp(_scores(q, k, k_keep, q_keep, uq, scale, nt) - lse)
+    ds = p * (nt(do, v) - di)
+    return (dq + nn(ds.astype(k.dtype), k),)
 
 
 def _dq_finish(carry, run, scale):
@@ -221,14 +221,14 @@ def _dkv_init(bs, d):
 
 def _dkv_step(carry, run, pair, uq, scale, dots):
     """Key-major: scores transposed ``[keys, queries]``, so every product is NN or NT."""
-    _nt, _nn = dots
+    nt, nn = dots
     dk, dv = carry
     k, v, k_keep = run  # k_keep (bs, 1)
     q, do, lse, di, q_keep = pair  # lse, di, q_keep (1, bs)
-    p_t = jnp.exp(_scores(k, q, k_keep, q_keep, uq, scale, _nt) - lse)
-    dv = dv + _nn(p_t.astype(do.dtype), do)
-    ds_t = p_t * (_nt(v, do) - di)
-    dk = dk + _nn(ds_t.astype(q.dtype), q)
+    p_t = jnp.exp(_scores(k, q, k_keep, q_keep, uq, scale, nt) - lse)
+    dv = dv + nn(p_t.astype(do.dtype), do)
+    ds_t = p_t * (nt(v, do) - di)
+    dk = dk + nn(ds_t.astype(q.dtype), q)
     return dk, dv
 
 
@@ -275,8 +275,6 @@ def _decode(v, bits):
 
 def _tpu_block(kind, heads, d, bs, blk_fn):
     """BlockSpec of one operand for the TPU driver; ``blk_fn(b, h, p, tbl)`` -> block."""
-    from jax.experimental.pallas import tpu as pltpu  # noqa: F401
-
     if kind == "mat":
         return pl.BlockSpec((None, None, bs, d), lambda b, h, p, t: (b, h, blk_fn(b, h, p, t), 0))
     if kind == "col":
@@ -338,7 +336,7 @@ def _launch_tpu(name, table, run_ops, pair_ops, outs, *, bs, n, bits, scale, int
     )(table.reshape(-1), *[x for x, _, _ in run_ops], *[x for x, _, _ in pair_ops])
 
 
-def _gpu_run_block(kind, heads, d, bs, length, batched_table):
+def _gpu_run_block(kind, heads, d, bs):
     if kind == "mat":
         return pl.BlockSpec((None, None, bs, d), lambda b, h, i: (b, h, i, 0))
     if kind == "col":
@@ -374,9 +372,9 @@ def _launch_gpu(name, table, starts, run_ops, pair_ops, outs, *, bs, n, bits, sc
     length = n * bs
     tsel = (lambda b, h, i: (b, h, 0)) if bt > 1 else (lambda b, h, i: (0, h, 0))
     in_specs = [pl.BlockSpec((None, None, pairs), tsel), pl.BlockSpec((None, None, n + 1), tsel)]
-    in_specs += [_gpu_run_block(k, hh, d, bs, length, bt > 1) for _, k, hh in run_ops]
+    in_specs += [_gpu_run_block(k, hh, d, bs) for _, k, hh in run_ops]
     in_specs += [_gpu_pair_block(k, hh, d, length) for _, k, hh in pair_ops]
-    out_specs = [_gpu_run_block(k, True, d, bs, length, bt > 1) for k, _ in outs]
+    out_specs = [_gpu_run_block(k, True, d, bs) for k, _ in outs]
     out_shape = [jax.ShapeDtypeStruct((batch, heads, length, d if k == "mat" else 1), dt) for k, dt in outs]
     init = kernel.init(bs, d)
     n_run, n_pair = len(run_ops), len(pair_ops)
