@@ -52,7 +52,9 @@ def _tile(backend: str, length: int, asked: int | None) -> tuple[int, int]:
     if backend == "tpu":  # Mosaic: lane-dim tiles are multiples of 128
         if asked is not None and asked % 128:
             raise ValueError(f"TPU block sizes must be multiples of 128, got {asked}")
-        tile = asked or (256 if length >= 1024 else 128)
+        # 128 by default: the dq kernel holds a (block_q, Lk) bias block and dS block
+        # (double-buffered), 4 MB at Lk = 4096 in float32; 256 fits larger VMEM budgets only.
+        tile = asked or 128
         tile = min(tile, round_up(length, 128))
     elif backend == "gpu":  # Triton: power-of-two tiles, dots need every dim >= 16
         if asked is not None and (asked < 16 or asked & (asked - 1)):
@@ -99,10 +101,12 @@ def _scores(q, k, *, scale, precision, bias=None, mask=None, key_valid=None):
     return s
 
 
-def _key_valid(start, bk: int, lk: int, lk_pad: int):
+def _key_valid(start, bk: int, lk: int, lk_pad: int, column: bool = False):
+    """Which keys of the tile at ``start`` are real (None: all): a [1, bk] row, or [bk, 1]."""
     if lk == lk_pad:
         return None
-    return (start + lax.broadcasted_iota(jnp.int32, (1, bk), 1)) < lk
+    shape, axis = ((bk, 1), 0) if column else ((1, bk), 1)
+    return (start + lax.broadcasted_iota(jnp.int32, shape, axis)) < lk
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -175,29 +179,33 @@ def _dq_kernel(*refs, scale, bk, lk, lk_pad, has_mask, has_bias, with_dbias, pre
 
 
 def _dkv_kernel(*refs, scale, bq, bk, lk, lk_pad, lq_pad, has_mask, mask_rows, has_bias, precision):
+    """dK, dV of one key tile, looping over query tiles, in transposed orientation: tiles are
+    [keys, queries] (s^T = k q^T), so the per-query statistics are lane-dense rows
+    ``[1, Lq]`` (not ``[Lq, 1]`` columns, which a TPU pads to 128 lanes) and p^T dO, dS^T q
+    need no transposes. Mask and bias arrive transposed, ``[.., Lk, Lq or 1]``."""
     q_ref, k_ref, v_ref, do_ref, m_ref, l_ref, delta_ref, *rest = refs
     mask_ref = rest.pop(0) if has_mask else None
     bias_ref = rest.pop(0) if has_bias else None
     dk_ref, dv_ref = rest
     k = k_ref[...]
     v = v_ref[...]
-    key_valid = _key_valid(pl.program_id(2) * bk, bk, lk, lk_pad)
-    mask_all = mask_ref[...] if (mask_ref is not None and not mask_rows) else None
+    key_valid = _key_valid(pl.program_id(2) * bk, bk, lk, lk_pad, column=True)
+    mask_all = mask_ref[...] if (mask_ref is not None and not mask_rows) else None  # [bk, 1]
 
     def body(i, carry):
         dk, dv = carry
         rows = pl.ds(pl.multiple_of(i * bq, bq), bq)
         q = q_ref[rows, :]
         do = do_ref[rows, :]
-        mask = mask_all if mask_all is not None else (None if mask_ref is None else mask_ref[rows, :])
-        s = _scores(q, k, scale=scale, precision=precision,
-                    bias=None if bias_ref is None else bias_ref[rows, :],
-                    mask=mask, key_valid=key_valid)
-        p = jnp.exp(s - m_ref[rows, :]) * (1.0 / l_ref[rows, :])
-        dv = dv + _dot(p.astype(do.dtype), do, trans_a=True, precision=precision)
-        dp = _dot(do, v, trans_b=True, precision=precision)
-        ds = p * (dp - delta_ref[rows, :])
-        dk = dk + _dot(ds.astype(q.dtype), q, trans_a=True, precision=precision)
+        mask = mask_all if mask_all is not None else (None if mask_ref is None else mask_ref[:, rows])
+        s_t = _scores(k, q, scale=scale, precision=precision,
+                      bias=None if bias_ref is None else bias_ref[:, rows],
+                      mask=mask, key_valid=key_valid)  # [bk, bq]
+        p_t = jnp.exp(s_t - m_ref[:, rows]) * (1.0 / l_ref[:, rows])
+        dv = dv + _dot(p_t.astype(do.dtype), do, precision=precision)
+        dp_t = _dot(v, do, trans_b=True, precision=precision)
+        ds_t = p_t * (dp_t - delta_ref[:, rows])
+        dk = dk + _dot(ds_t.astype(q.dtype), q, precision=precision)
         return dk, dv
 
     zeros = jnp.zeros(k.shape, jnp.float32)
@@ -342,14 +350,21 @@ def _bwd_launch(q, k, v, mask, bias, out, m, l, dout, *, with_dbias, scale, bloc
         dbias = dbias.astype(bias.dtype)
 
     # dk, dv: grid over key tiles, loop over query tiles
+    # (transposed orientation: statistics as [1, Lq] rows, mask and bias as [.., Lk, Lq or 1])
     qfull = pl.BlockSpec((None, None, lay.lq_pad, lay.dp), lambda b, h, j: (b, h, 0, 0))
     ktile = pl.BlockSpec((None, None, bk, lay.dp), lambda b, h, j: (b, h, j, 0))
-    statfull = pl.BlockSpec((None, None, lay.lq_pad, 1), lambda b, h, j: (b, h, 0, 0))
-    specs = [qfull, ktile, ktile, qfull, statfull, statfull, statfull]
+    statrow = pl.BlockSpec((None, None, 1, lay.lq_pad), lambda b, h, j: (b, h, 0, 0))
+    specs = [qfull, ktile, ktile, qfull, statrow, statrow, statrow]
+    as_rows = lambda x: x.reshape(x.shape[:2] + (1, x.shape[2]))  # [B, H, L, 1] -> [B, H, 1, L]
+    extra_args = []
     if has_mask:
-        specs.append(_compact_spec(mask.shape, lay.lq_pad if mask_rows else 1, bk, zero, row))
+        mask_t = jnp.swapaxes(mask, 2, 3)
+        specs.append(_compact_spec(mask_t.shape, bk, lay.lq_pad if mask_rows else 1, row, zero))
+        extra_args.append(mask_t)
     if has_bias:
-        specs.append(_compact_spec(bias.shape, lay.lq_pad, bk, zero, row))
+        bias_t = jnp.swapaxes(bias, 2, 3)
+        specs.append(_compact_spec(bias_t.shape, bk, lay.lq_pad, row, zero))
+        extra_args.append(bias_t)
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel, scale=scale, bq=bq, bk=bk, lk=lay.lk, lk_pad=lay.lk_pad,
                           lq_pad=lay.lq_pad, has_mask=has_mask, mask_rows=mask_rows,
@@ -361,7 +376,7 @@ def _bwd_launch(q, k, v, mask, bias, out, m, l, dout, *, with_dbias, scale, bloc
         compiler_params=_compiler_params(backend),
         interpret=interpret_flag(backend),
         name="flash_attention_dkv",
-    )(qp, kp, vp, dop, m, l, delta, *extra_args)
+    )(qp, kp, vp, dop, as_rows(m), as_rows(l), as_rows(delta), *extra_args)
     return lay.back(dq, lay.lq), lay.back(dk, lay.lk), lay.back(dv, lay.lk), dbias
 
 
@@ -439,7 +454,8 @@ def flash_attention(
 
     ``backend``: ``"tpu"`` (Mosaic), ``"gpu"`` (Triton), ``"interpret"`` or ``None`` (the
     lowering platform's). ``block_q``/``block_k``: tile sizes (defaults per backend: TPU
-    128, or 256 from length 1024; GPU 64; interpret 16), clamped to the padded length.
+    128 (multiples of 128 accepted), GPU 64 (powers of two >= 16), interpret 16), clamped
+    to the padded length.
     Differentiable in query, key, value and bias (the mask gets no gradient).
     Raises ValueError for ``return_probs=True``, dropout in training and a ``head_mask``
     not broadcastable to ``[B, H, 1, 1]``.
