@@ -7,6 +7,7 @@ scalar prefetch and the Triton one); TPU and CUDA are checked by lowering (jax.e
 from __future__ import annotations
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -110,6 +111,24 @@ def test_training_draws_new_blocks_per_step_without_recompiling():
     both = jax.jit(lambda q, key: (kernel(q, k, v, mask=mask, rng=key)[0], xla(q, k, v, mask=mask, rng=key)[0]))
     got, want = both(q, jax.random.key(2))
     assert float(jnp.abs(got - want).max()) <= TOL
+
+
+def test_never_builds_a_length_by_length_matrix():
+    length, bs = 256, 16
+    q = jnp.zeros((1, length, 2, 8))
+    mask = jnp.ones((1, 1, 1, length), bool)  # the model's mask form
+    rand_attn = sample_random_blocks(jax.random.key(0), 2, length, bs, 2)
+    loss = lambda q: block_sparse_flash_attention(q, q, q, mask=mask, block_size=bs, rand_attn=rand_attn)[0].sum()
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(q)
+
+    def shapes(jpr):
+        for eqn in jpr.eqns:
+            for var in eqn.outvars:
+                yield getattr(var.aval, "shape", ())
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from shapes(sub)
+    too_big = [s for s in shapes(jaxpr.jaxpr) if sum(d == length for d in s) >= 2]
+    assert not too_big, too_big
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])

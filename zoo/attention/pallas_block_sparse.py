@@ -29,6 +29,12 @@ Two drivers launch the same per-pair math (:func:`_fwd_step`, :func:`_dq_step`,
 
 ``backend=None`` picks by lowering platform (:func:`zoo.attention.pallas_support.by_platform`);
 on CPU both drivers run under Pallas' interpreter (``driver=`` chooses which, for tests).
+
+Costs and limits: the packed table is ``[B or 1, H, pairs]`` int32 (pairs = 2n + (n-2)(5+r) - 2)
+and sits in TPU SMEM whole (L=4096, bs=64, r=3, H=12: 7.5k words); per-batch ``rand_attn``
+multiplies it by B. The per-row statistics (logsumexp, ``do . out``) are ``[.., L, 1]`` arrays,
+lane-padded on TPU. Triton needs power-of-two block sizes (16/32/64 use dots; 4/8 use
+dot-free products); head_dim is zero-padded to a power of two >= 16 there (exact).
 """
 
 from __future__ import annotations
