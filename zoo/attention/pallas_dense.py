@@ -492,7 +492,7 @@ def flash_attention(
     m4 = None
     if mask is not None:
         m4 = _as_4d(jnp.asarray(mask), "mask", full)
-        m4 = jnp.broadcast_to(m4, m4.shape[:3] + (lk,)).astype(jnp.int8)
+        m4 = jnp.broadcast_to(m4, m4.shape[:3] + (lk,)).astype(bool).astype(jnp.int8)  # nonzero keeps
     b4 = None
     if bias is not None:
         b4 = _as_4d(jnp.asarray(bias), "bias", full)
