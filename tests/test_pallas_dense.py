@@ -181,3 +181,18 @@ def test_bf16_gradients_close_to_float32():
     for name, g, w in zip(("dq", "dk", "dv", "dbias"), got, want):
         assert g.dtype == jnp.bfloat16, name
         np.testing.assert_allclose(f32(g), w, atol=2e-2, rtol=0, err_msg=name)
+
+
+def test_block_sizes_fit_every_backend():
+    from zoo.attention.pallas_dense import _tile
+
+    assert _tile("interpret", 37, None) == (16, 48)
+    assert _tile("interpret", 5, None) == (8, 8)
+    assert _tile("tpu", 37, None) == (128, 128) and _tile("tpu", 4096, 200) == (256, 4096)
+    assert _tile("gpu", 37, None) == (64, 64) and _tile("gpu", 10, 8) == (16, 16) and _tile("gpu", 577, 100) == (128, 640)
+    with pytest.raises(ValueError, match="block size"):
+        _tile("gpu", 64, 0)
+    # an interpret-sized block with backend=None still lowers for the chips (rounded up there)
+    s = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16)
+    for platform in ("tpu", "cuda"):
+        export_for(lambda q: flash_attention(q, q, q, block_q=16, block_k=24)[0], platform, s)

@@ -46,20 +46,20 @@ def _next_pow2(n: int) -> int:
 
 
 def _tile(backend: str, length: int, asked: int | None) -> tuple[int, int]:
-    """(tile, padded length) for one sequence axis on ``backend``."""
-    if asked is not None and (not isinstance(asked, int) or asked <= 0):
+    """(tile, padded length) for one sequence axis on ``backend``.
+
+    An asked size is a hint, rounded up to what the backend needs (with ``backend=None``
+    every backend's branch is traced, so one value has to suit them all)."""
+    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int) or asked <= 0):
         raise ValueError(f"block size must be a positive int, got {asked!r}")
-    if backend == "tpu":  # Mosaic: lane-dim tiles are multiples of 128
-        if asked is not None and asked % 128:
-            raise ValueError(f"TPU block sizes must be multiples of 128, got {asked}")
+    if backend == "tpu":  # Mosaic: tiles on the lane dim are multiples of 128
         # 128 by default: the dq kernel holds a (block_q, Lk) bias block and dS block
         # (double-buffered), 4 MB at Lk = 4096 in float32; 256 fits larger VMEM budgets only.
-        tile = asked or 128
+        tile = round_up(asked, 128) if asked else 128
         tile = min(tile, round_up(length, 128))
     elif backend == "gpu":  # Triton: power-of-two tiles, dots need every dim >= 16
-        if asked is not None and (asked < 16 or asked & (asked - 1)):
-            raise ValueError(f"GPU block sizes must be powers of two >= 16, got {asked}")
-        tile = min(asked or 64, max(16, _next_pow2(length)))
+        tile = _next_pow2(max(asked, 16)) if asked else 64
+        tile = min(tile, max(16, _next_pow2(length)))
     else:  # interpret: small tiles, so tests cross many tile boundaries
         tile = min(asked or 16, round_up(length, 8))
     return tile, round_up(length, tile)
@@ -454,8 +454,8 @@ def flash_attention(
 
     ``backend``: ``"tpu"`` (Mosaic), ``"gpu"`` (Triton), ``"interpret"`` or ``None`` (the
     lowering platform's). ``block_q``/``block_k``: tile sizes (defaults per backend: TPU
-    128 (multiples of 128 accepted), GPU 64 (powers of two >= 16), interpret 16), clamped
-    to the padded length.
+    128, GPU 64, interpret 16); an asked size is rounded up to the backend's constraint
+    (TPU: a multiple of 128, GPU: a power of two >= 16) and clamped to the padded length.
     Differentiable in query, key, value and bias (the mask gets no gradient).
     Raises ValueError for ``return_probs=True``, dropout in training and a ``head_mask``
     not broadcastable to ``[B, H, 1, 1]``.
