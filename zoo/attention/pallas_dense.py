@@ -14,7 +14,9 @@ outright (-inf), not given ``finfo.min``. Residuals are the output and the per-r
 and denominator (not their logsumexp: for a fully masked row the max is ``finfo.min``
 and ``min + log(l)`` rounds back to ``min``). The backward is two kernels: dq (and the
 bias gradient, the dS tiles) looping over key tiles, and dk/dv looping over query tiles,
-with ``delta = rowsum(dO * O)``.
+with ``delta = rowsum(dO * O)``. The bias gradient is written as the dS tiles of every
+(b, h), ``[B, H, Lq, Lk]`` float32, and summed over the dims the bias broadcasts; it is
+skipped when the bias is not differentiated (``symbolic_zeros``).
 
 Masks and biases travel in their compact broadcast shapes (``[B or 1, H or 1, Lq or 1,
 Lk]``): their BlockSpecs index 0 on broadcast dims. Not supported (ValueError):
