@@ -134,3 +134,19 @@ def test_from_pretrained_sets_the_kernel():
     assert "pallas_call" in str(jax.make_jaxpr(lambda v: model.apply(v, ids))(variables))
     with pytest.raises(ValueError, match="attention_kernel 'fast' is not one of"):
         zoo.from_pretrained(TINY_TEXT_CHECKPOINT, attention_kernel="fast")
+
+
+def test_cudnn_is_given_masks_with_both_lengths_in_full(monkeypatch):
+    """jax's cuDNN wrapper rejects a [B, 1, 1, Lk] key-padding mask ("Bias must have same seq
+    length as QKV"); the dense kernel broadcasts it over the queries first. (No GPU here: the
+    call is captured, not run.)"""
+    from zoo.attention import dense
+
+    seen = {}
+    monkeypatch.setattr(dense.jax.nn, "dot_product_attention",
+                        lambda q, k, v, **kw: seen.update(kw) or q)
+    q, k = np.zeros((2, 5, 3, 8), np.float32), np.zeros((2, 7, 3, 8), np.float32)
+    dense.dot_product_attention(q, k, k, mask=np.ones((2, 1, 1, 7), bool), bias=np.zeros((3, 5, 7), np.float32),
+                                implementation="cudnn")
+    assert seen["implementation"] == "cudnn"
+    assert seen["mask"].shape == (2, 1, 5, 7) and seen["bias"].shape == (1, 3, 5, 7)

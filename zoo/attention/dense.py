@@ -35,6 +35,20 @@ def _check_cudnn(return_probs: bool, dropout_active: bool, head_mask) -> None:
                          "apply) or 'xla'")
 
 
+def _full_scores(x: Array | None, query: Array, key: Array) -> Array | None:
+    """``x`` (a mask or bias broadcastable to ``[B, H, Lq, Lk]``) as 4-d with full ``Lq, Lk``.
+
+    jax's cuDNN wrapper takes batch and head axes of size 1 but requires both length axes in
+    full, so a key-padding mask ``[B, 1, 1, Lk]`` (what the models pass) is broadcast over the
+    queries; without this the cuDNN path raises "Bias must have same seq length as QKV".
+    """
+    if x is None:
+        return None
+    x = jnp.asarray(x)
+    x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+    return jnp.broadcast_to(x, x.shape[:2] + (query.shape[1], key.shape[1]))
+
+
 def _use_cudnn(query: Array, return_probs: bool, dropout_active: bool, head_mask) -> bool:
     """cuDNN flash attention applies on GPU in half precision when no probs are needed."""
     return (
@@ -99,7 +113,8 @@ def dot_product_attention(
         implementation is None and _use_cudnn(query, return_probs, dropout_active, head_mask)
     ):
         out = jax.nn.dot_product_attention(
-            query, key, value, bias=bias, mask=mask, scale=scale, implementation="cudnn"
+            query, key, value, bias=_full_scores(bias, query, key), mask=_full_scores(mask, query, key),
+            scale=scale, implementation="cudnn",
         )
         return out, None
 
