@@ -196,3 +196,31 @@ def test_block_sizes_fit_every_backend():
     s = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16)
     for platform in ("tpu", "cuda"):
         export_for(lambda q: flash_attention(q, q, q, block_q=16, block_k=24)[0], platform, s)
+
+
+def test_no_lq_by_lk_array_with_a_key_padding_mask():
+    # Forward and backward, kernels included: every array is a tile or [L, D]-sized.
+    q, k, v, mask, _, _ = _inputs(2, 40, 56, 2, 8, "keys", None, False)
+    lqs, lks = {40, 48}, {56, 64}  # lengths and their padded sizes (tiles of 16)
+
+    def loss(q, k, v):
+        return jnp.sum(flash_attention(q, k, v, mask=mask, backend="interpret")[0])
+
+    closed = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    seen = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            for var in list(eqn.invars) + list(eqn.outvars):
+                shape = getattr(getattr(var, "aval", None), "shape", ())
+                seen.append(tuple(shape))
+            for param in eqn.params.values():
+                for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        walk(inner)
+
+    walk(closed.jaxpr)
+    assert any(16 in s for s in seen)  # the kernels' tiles were visited
+    big = [s for s in seen if set(s) & lqs and set(s) & lks]
+    assert not big, big
