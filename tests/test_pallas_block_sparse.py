@@ -6,6 +6,8 @@ scalar prefetch and the Triton one); TPU and CUDA are checked by lowering (jax.e
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -42,6 +44,7 @@ def _rand_attn(kind, batch, heads, length, bs, r):
     return sample_random_blocks(jax.random.key(7), heads, length, bs, r)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _out_and_grads(fn, q, k, v, ct):
     out, vjp = jax.vjp(fn, q, k, v)
     return (out, *vjp(ct))
@@ -52,10 +55,10 @@ def _compare(drivers, batch, length, heads, head_dim, bs, r, rand, padded=True, 
     q, k, v, ct, mask = _inputs(batch, length, heads, head_dim, padded=padded)
     rand_attn = _rand_attn(rand, batch, heads, length, bs, r)
     kw = dict(mask=mask if padded else None, block_size=bs, rand_attn=rand_attn, head_mask=head_mask)
-    want = _out_and_grads(jax.jit(lambda q, k, v: block_sparse_attention(q, k, v, **kw)[0]), q, k, v, ct)
+    want = _out_and_grads(lambda q, k, v: block_sparse_attention(q, k, v, **kw)[0], q, k, v, ct)
     results = []
     for driver in drivers:
-        fused = jax.jit(lambda q, k, v: block_sparse_flash_attention(q, k, v, driver=driver, **kw)[0])
+        fused = lambda q, k, v: block_sparse_flash_attention(q, k, v, driver=driver, **kw)[0]  # noqa: E731
         got = _out_and_grads(fused, q, k, v, ct)
         for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
             assert a.shape == b.shape
@@ -69,11 +72,11 @@ def _compare(drivers, batch, length, heads, head_dim, bs, r, rand, padded=True, 
 # at the shortest length where HF's training draw is legal, each with another mix of batch,
 # heads, head_dim and random blocks (drawn, all-zero at inference, per batch).
 SETTINGS = [  # block_size, num_random_blocks, length, batch, heads, head_dim, rand, drivers
-    (8, 2, 96, 2, 3, 8, "drawn", ("tpu", "gpu")),
-    (8, 3, 96, 2, 1, 12, "zeros", ("tpu", "gpu")),
-    (8, 1, 64, 3, 3, 8, "batched", ("tpu", "gpu")),
+    (8, 2, 96, 2, 3, 8, "drawn", ("tpu",)),
+    (8, 3, 96, 2, 1, 12, "zeros", ("tpu",)),
+    (8, 1, 64, 3, 2, 8, "batched", ("gpu",)),
     (16, 2, 192, 2, 1, 8, "drawn", ("tpu",)),
-    (4, 5, 64, 2, 3, 12, "drawn", ("tpu", "gpu")),
+    (4, 5, 64, 2, 1, 12, "drawn", ("tpu",)),
     (64, 3, 768, 1, 1, 8, "drawn", ("tpu",)),
     (16, 1, 128, 2, 3, 12, "zeros", ("gpu",)),
     (4, 3, 48, 2, 1, 8, "batched", ("tpu",)),
