@@ -43,6 +43,11 @@ def _max_diff(a, b):
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
+# The interpreted tests pass backend="interpret" (backend=None would trace the tpu and gpu
+# branches of lax.platform_dependent as well, only to drop them on CPU); the lowering tests
+# use backend=None.
+
+
 def _loss(out):
     return jnp.sum(out * jnp.cos(out))  # a non-trivial cotangent
 
@@ -60,7 +65,7 @@ def _compare(driver, types, buckets, *, batch, lq, lk, heads, head_dim, mask=Non
 
     def fused(q, k, v, pk, pq):
         out, probs = disentangled_flash_attention(q, k, v, pos_key=pk, pos_query=pq, position_buckets=pb,
-                                                  max_relative_positions=mr, driver=driver, **kw)
+                                                  max_relative_positions=mr, driver=driver, backend="interpret", **kw)
         assert probs is None
         return _loss(out), out
 
@@ -78,7 +83,9 @@ def _compare(driver, types, buckets, *, batch, lq, lk, heads, head_dim, mask=Non
 
 
 # every pos_att_type subset, both formulations; odd length (3 tiles of 16), 3 heads,
-# batch 2 with a fully masked batch element
+# batch 2 with a fully masked batch element. The other settings run with one formulation
+# each (all but the position windows is shared code), except the cross-length c2p case,
+# whose window arithmetic differs between the formulations. (The file runs ~40 s of CPU.)
 @pytest.mark.parametrize("types", TYPES, ids=lambda t: "+".join(t) or "none")
 @pytest.mark.parametrize("driver", ["tpu", "gpu"])
 def test_matches_xla_every_type(driver, types):
@@ -86,13 +93,13 @@ def test_matches_xla_every_type(driver, types):
     assert np.all(np.asarray(out[-1]) == 0)  # the fully masked element attends nowhere (XSoftmax)
 
 
-@pytest.mark.parametrize("driver", ["tpu", "gpu"])
+@pytest.mark.parametrize("driver", ["gpu"])
 def test_matches_xla_buckets16_head_dim12(driver):
     _compare(driver, ("c2p", "p2c"), "buckets16", batch=2, lq=40, lk=40, heads=3, head_dim=12,
              mask=_key_mask(2, 40), seed=1)
 
 
-@pytest.mark.parametrize("driver", ["tpu", "gpu"])
+@pytest.mark.parametrize("driver", ["tpu"])
 def test_matches_xla_unbucketed_clamped_one_head_no_mask(driver):
     # span 16, length 45: most distances are clamped to the first / last relative embedding
     _compare(driver, ("c2p", "p2c"), "nobuckets", batch=1, lq=45, lk=45, heads=1, head_dim=12, seed=2)
@@ -103,7 +110,7 @@ def test_c2p_with_fewer_queries_than_keys(driver):
     _compare(driver, ("c2p",), "buckets8", batch=2, lq=19, lk=37, heads=3, head_dim=8, mask=_key_mask(2, 37), seed=3)
 
 
-@pytest.mark.parametrize("driver", ["tpu", "gpu"])
+@pytest.mark.parametrize("driver", ["tpu"])
 def test_full_mask_and_head_mask(driver):
     batch, length, heads = 2, 29, 3
     m = jax.random.bernoulli(jax.random.PRNGKey(7), 0.7, (batch, heads, length, length))
@@ -114,7 +121,7 @@ def test_full_mask_and_head_mask(driver):
     assert np.all(np.asarray(out[0, 5, 1]) == 0) and np.all(np.asarray(out[:, :, 1]) == 0)
 
 
-@pytest.mark.parametrize("driver", ["tpu", "gpu"])
+@pytest.mark.parametrize("driver", ["gpu"])
 def test_shared_attention_key(driver):
     """share_att_key: q, k and pos_key, pos_query from the same two projections; gradients
     reach the hidden states, the relative embeddings and the shared weights."""
@@ -134,7 +141,7 @@ def test_shared_attention_key(driver):
         out, _ = fn(q, k, v, pos_key=split(rel_emb @ wk), pos_query=split(rel_emb @ wq), att_span=span, mask=mask)
         return _loss(out)
 
-    fused = lambda *a, **kw: disentangled_flash_attention(*a, driver=driver, **kw)
+    fused = lambda *a, **kw: disentangled_flash_attention(*a, driver=driver, backend="interpret", **kw)
     xla = lambda *a, **kw: disentangled_attention(*a, relative_pos=rel, **kw)
     args = (x, rel_emb, wq, wk)
     g_f = jax.jit(jax.grad(lambda *a: loss(fused, *a), argnums=(0, 1, 2, 3)))(*args)
@@ -143,7 +150,7 @@ def test_shared_attention_key(driver):
         assert _max_diff(a, b) <= 2 * ATOL
 
 
-@pytest.mark.parametrize("driver", ["tpu", "gpu"])
+@pytest.mark.parametrize("driver", ["gpu"])
 def test_bfloat16(driver):
     """bf16 inputs: bf16 output and gradients, close to the fp32 XLA result."""
     span = _span("buckets8")
@@ -157,7 +164,8 @@ def test_bfloat16(driver):
 
     def loss(q, k, v, pk):
         out, _ = disentangled_flash_attention(q, k, v, **{**kw, "pos_key": pk, "pos_query": pk},
-                                              position_buckets=8, max_relative_positions=32, driver=driver)
+                                              position_buckets=8, max_relative_positions=32, driver=driver,
+                                              backend="interpret")
         return out.astype(jnp.float32).sum(), out
 
     grads, got = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(bf(q), bf(k), bf(v), bf(pk))
@@ -205,7 +213,8 @@ def test_toeplitz_relative_pos_array_is_accepted():
     q = jax.random.normal(jax.random.PRNGKey(0), (1, 20, 2, 8))
     pk = jax.random.normal(jax.random.PRNGKey(1), (2 * span, 2, 8))
     rel = build_relative_position(20, 20, 8, 32)
-    got, _ = disentangled_flash_attention(q, q, q, pos_key=pk, pos_query=pk, att_span=span, relative_pos=rel)
+    got, _ = disentangled_flash_attention(q, q, q, pos_key=pk, pos_query=pk, att_span=span, relative_pos=rel,
+                                         backend="interpret")
     want, _ = disentangled_attention(q, q, q, pos_key=pk, pos_query=pk, att_span=span, relative_pos=rel)
     assert _max_diff(got, want) <= ATOL
 
@@ -273,7 +282,7 @@ def test_lowers(platform, dtype, L):
         assert text.count(marker) >= calls, (fn.__name__, text.count(marker))
 
 
-@pytest.mark.parametrize("types", TYPES, ids=lambda t: "+".join(t) or "none")
+@pytest.mark.parametrize("types", [(), ("c2p", "p2c")], ids=lambda t: "+".join(t) or "none")
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_lowers_odd_shapes(platform, types):
     """batch 2, 3 heads, a length no tile divides, head_dim 12 (padded to 16 for Triton), a
