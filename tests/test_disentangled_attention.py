@@ -511,11 +511,12 @@ def test_blocked_dropout():
         orig = dis._blocked_attention
         try:
             dis._blocked_attention = fn
-            return (dis._blocked(qt, kt, vt, s, pk, pq, rel, span, None, None, 0.5, rng, 16, jnp.float32) * w).sum()
+            return (dis._blocked(qt, kt, vt, s, pk, pq, rel, None, span, None, None, 0.5, rng, 16,
+                                 jnp.float32) * w).sum()
         finally:
             dis._blocked_attention = orig
 
-    plain = lambda block, rate, *a: dis._blocked_forward(block, rate, *a)[0]
+    plain = lambda cfg, *a: dis._blocked_forward(cfg, *a)[0]
     got = jax.grad(core, argnums=(0, 1, 2, 3, 4))(qt, kt, vt, pk, pq, dis._blocked_attention)
     want = jax.grad(core, argnums=(0, 1, 2, 3, 4))(qt, kt, vt, pk, pq, plain)
     assert all(_max_diff(x, y) <= 1e-5 for x, y in zip(got, want))

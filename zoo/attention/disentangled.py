@@ -259,39 +259,60 @@ AUTO_BLOCK_MIN_LENGTH = 1024
 AUTO_BLOCK = 256
 
 
-def _tile_scores(t, block, q, k_s, t_c, t_p, idx_c, idx_p, mask, acc):
-    """Scores of query tile ``t``: ``[B, H, block, Lk]`` (masked to dtype min), and the tile's mask."""
+def _tile_positions(t, block, lq, rel, dist, transpose):
+    """int32 ``[block, Lk]`` relative positions of query tile ``t`` (rows past ``Lq`` repeat the
+    last one): ``rel[i, j]`` or, with ``transpose`` (p2c), ``rel[j, i]``. ``rel`` is an ``[Lq, Lk]``
+    array, or None with ``dist`` the Toeplitz vector ``dist[i - j + Lk - 1]`` (positions built from
+    the bucket settings: no ``[L, L]`` array at all)."""
+    rows = jnp.minimum(t * block + jnp.arange(block, dtype=jnp.int32), lq - 1)
+    if rel is not None:
+        return jnp.take(rel, rows, axis=1).T if transpose else jnp.take(rel, rows, axis=0)
+    lk = dist.shape[0] - lq + 1
+    j = jnp.arange(lk, dtype=jnp.int32)[None, :]
+    diff = (j - rows[:, None]) if transpose else (rows[:, None] - j)
+    return jnp.take(dist, diff + (lk - 1), axis=0)
+
+
+def _tile_scores(t, cfg, q, k_s, v, pk_t, t_p, rel, dist, mask):
+    """Scores of query tile ``t``: ``[B, H, block, Lk]`` (masked to dtype min), the tile's
+    queries, mask, c2p table and flat gather indices."""
+    block, _, lq, span, _ = cfg
+    acc = jnp.promote_types(q.dtype, jnp.float32)
     b, h, _, _ = q.shape
     lk = k_s.shape[2]
     i0 = t * block
     q_t = jax.lax.dynamic_slice_in_dim(q, i0, block, axis=2)
     s = jnp.matmul(q_t, jnp.swapaxes(k_s, -1, -2), preferred_element_type=acc)
-    tables, idxs = [], []
-    if t_c is not None:  # c2p: row i of this tile's q @ pos_key^T table
-        tables.append(jax.lax.dynamic_slice_in_dim(t_c, i0, block, axis=2).reshape(b * h, -1))
-        idxs.append(jax.lax.dynamic_slice_in_dim(idx_c, i0, block, axis=0))
+    tables, idxs, t_c = [], [], None
+    if pk_t is not None:  # c2p: this tile's q @ pos_key^T table, row i
+        t_c = jnp.matmul(q_t, pk_t, preferred_element_type=acc)  # [B, H, block, 2 span]
+        pos = jnp.clip(_tile_positions(t, block, lq, rel, dist, False) + span, 0, 2 * span - 1)
+        tables.append(t_c.reshape(b * h, -1))
+        idxs.append(pos + (jnp.arange(block, dtype=jnp.int32) * (2 * span))[:, None])
     if t_p is not None:  # p2c: row j of the whole k @ pos_query^T table
+        pos = jnp.clip(-_tile_positions(t, block, lq, rel, dist, True) + span, 0, 2 * span - 1)
         tables.append(t_p.reshape(b * h, -1))
-        idxs.append(jax.lax.dynamic_slice_in_dim(idx_p, i0, block, axis=0))
+        idxs.append(pos + (jnp.arange(lk, dtype=jnp.int32) * (2 * span))[None, :])
     if tables:
         s = s + _gather_sum_impl(tuple(tables), tuple(idxs)).reshape(b, h, block, lk)
     m_t = None
     if mask is not None:
         m_t = mask if mask.shape[2] == 1 else jax.lax.dynamic_slice_in_dim(mask, i0, block, axis=2)
         s = jnp.where(m_t, s, jnp.finfo(acc).min)
-    return q_t, s, m_t
+    return q_t, s, m_t, idxs
 
 
 def _tile_keep(rng, t, rate, shape):
     return jax.random.bernoulli(jax.random.fold_in(rng, t), 1.0 - rate, shape)
 
 
-def _blocked_forward(block, rate, q, k_s, v, t_c, t_p, idx_c, idx_p, mask, rng):
+def _blocked_forward(cfg, q, k_s, v, pk_t, t_p, rel, dist, mask, rng):
+    block, rate = cfg[0], cfg[1]
     acc = jnp.promote_types(q.dtype, jnp.float32)
     b, h, lp, d = q.shape
 
     def tile(t):
-        _, s, m_t = _tile_scores(t, block, q, k_s, t_c, t_p, idx_c, idx_p, mask, acc)
+        _, s, m_t, _ = _tile_scores(t, cfg, q, k_s, v, pk_t, t_p, rel, dist, mask)
         mx = s.max(axis=-1, keepdims=True)
         w = jnp.exp(s - mx)
         if m_t is not None:
@@ -310,29 +331,31 @@ def _blocked_forward(block, rate, q, k_s, v, t_c, t_p, idx_c, idx_p, mask, rng):
     return out, jnp.moveaxis(lse, 0, 2).reshape(b, h, lp)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _blocked_attention(block, rate, q, k_s, v, t_c, t_p, idx_c, idx_p, mask, rng):
-    """Softmax attention over query tiles of ``block`` rows: ``[B, H, Lp, D]``.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _blocked_attention(cfg, q, k_s, v, pk_t, t_p, rel, dist, mask, rng):
+    """Softmax attention over query tiles: ``[B, H, Lp, D]``.
 
-    ``q`` ``[B, H, Lp, D]`` (``Lp`` a multiple of ``block``), ``k_s`` (keys already divided by the
-    scale), ``v`` ``[B, H, Lk, D]``; ``t_c`` ``[B, H, Lp, 2 span]`` / ``t_p`` ``[B, H, Lk, 2 span]``
-    the c2p / p2c tables (or None); ``idx_c`` / ``idx_p`` int32 ``[Lp, Lk]`` flat indices into a
-    tile's c2p table (``(i % block) * 2 span + pos``) and the whole p2c table (``j * 2 span + pos``);
-    ``mask`` bool ``[B|1, H|1, Lp|1, Lk]`` or None; ``rng`` the dropout key (``rate > 0``).
+    ``cfg = (block, dropout rate, Lq, span, _)``; ``q`` ``[B, H, Lp, D]`` (``Lp`` a multiple of
+    ``block``, rows past ``Lq`` padding), ``k_s`` (keys already divided by the scale), ``v``
+    ``[B, H, Lk, D]``; ``pk_t`` ``[H, D, 2 span]`` (``pos_key / s``, transposed) or None, ``t_p``
+    ``[B, H, Lk, 2 span]`` the p2c table or None; positions ``rel`` ``[Lq, Lk]`` or the Toeplitz
+    ``dist`` (see :func:`_tile_positions`); ``mask`` bool ``[B|1, H|1, Lp|1, Lk]`` or None; ``rng``
+    the dropout key (rate > 0).
     """
-    return _blocked_forward(block, rate, q, k_s, v, t_c, t_p, idx_c, idx_p, mask, rng)[0]
+    return _blocked_forward(cfg, q, k_s, v, pk_t, t_p, rel, dist, mask, rng)[0]
 
 
-def _blocked_attention_fwd(block, rate, q, k_s, v, t_c, t_p, idx_c, idx_p, mask, rng):
-    out, lse = _blocked_forward(block, rate, q, k_s, v, t_c, t_p, idx_c, idx_p, mask, rng)
-    return out, (q, k_s, v, t_c, t_p, idx_c, idx_p, mask, rng, out, lse)
+def _blocked_attention_fwd(cfg, q, k_s, v, pk_t, t_p, rel, dist, mask, rng):
+    out, lse = _blocked_forward(cfg, q, k_s, v, pk_t, t_p, rel, dist, mask, rng)
+    return out, (q, k_s, v, pk_t, t_p, rel, dist, mask, rng, out, lse)
 
 
-def _blocked_attention_bwd(block, rate, res, g):
+def _blocked_attention_bwd(cfg, res, g):
     """FlashAttention-style backward, tile by tile: the tile's probabilities are recomputed from
-    the saved per-row log-sum-exp; dq and the c2p table gradient are per tile, dk, dv and the
-    p2c table gradient (a scatter-add, (batch, head) innermost) accumulate in the scan carry."""
-    q, k_s, v, t_c, t_p, idx_c, idx_p, mask, rng, out, lse = res
+    the saved per-row log-sum-exp; dq is per tile; dk, dv, d pos_key and the p2c table gradient
+    (a scatter-add with (batch, head) innermost) accumulate in the scan carry."""
+    block, rate = cfg[0], cfg[1]
+    q, k_s, v, pk_t, t_p, rel, dist, mask, rng, out, lse = res
     acc = jnp.promote_types(q.dtype, jnp.float32)
     b, h, lp, d = q.shape
     lk = k_s.shape[2]
@@ -340,9 +363,9 @@ def _blocked_attention_bwd(block, rate, res, g):
     di = jnp.sum(g.astype(acc) * out.astype(acc), axis=-1)  # [B, H, Lp]: rowsum(dO * O)
 
     def body(carry, t):
-        dk, dv, dtp = carry
+        dk, dv, dpk, dtp = carry
         i0 = t * block
-        q_t, s, m_t = _tile_scores(t, block, q, k_s, t_c, t_p, idx_c, idx_p, mask, acc)
+        q_t, s, m_t, idxs = _tile_scores(t, cfg, q, k_s, v, pk_t, t_p, rel, dist, mask)
         lse_t = jax.lax.dynamic_slice_in_dim(lse, i0, block, axis=2)[..., None]
         p = jnp.exp(s - lse_t)
         if m_t is not None:
@@ -361,28 +384,29 @@ def _blocked_attention_bwd(block, rate, res, g):
         ds = p * (dp - jax.lax.dynamic_slice_in_dim(di, i0, block, axis=2)[..., None])
         dq_t = jnp.matmul(ds.astype(q.dtype), k_s, preferred_element_type=acc)
         dk = dk + jnp.matmul(jnp.swapaxes(ds, -1, -2).astype(q.dtype), q_t, preferred_element_type=acc)
-        dtc_t = None
-        if t_c is not None or t_p is not None:
+        if pk_t is not None or t_p is not None:
             ds_t = ds.reshape(b * h, block * lk).T  # [block * Lk, B * H]: (batch, head) innermost
-        if t_c is not None:
-            idx = jax.lax.dynamic_slice_in_dim(idx_c, i0, block, axis=0).reshape(-1)
-            dtc_t = jnp.zeros((block * t_c.shape[3], b * h), acc).at[idx].add(ds_t, mode="promise_in_bounds")
+        if pk_t is not None:
+            span2 = pk_t.shape[-1]
+            dtc = jnp.zeros((block * span2, b * h), acc).at[idxs[0].reshape(-1)].add(ds_t, mode="promise_in_bounds")
+            dtc = jnp.transpose(dtc.reshape(block, span2, b, h), (2, 3, 0, 1))  # [B, H, block, 2 span]
+            dq_t = dq_t + jnp.matmul(dtc.astype(q.dtype), jnp.swapaxes(pk_t, -1, -2), preferred_element_type=acc)
+            dpk = dpk + jnp.matmul(jnp.swapaxes(q_t, -1, -2), dtc.astype(q.dtype),
+                                   preferred_element_type=acc).sum(axis=0)
         if t_p is not None:
-            idx = jax.lax.dynamic_slice_in_dim(idx_p, i0, block, axis=0).reshape(-1)
-            dtp = dtp.at[idx].add(ds_t, mode="promise_in_bounds")
-        return (dk, dv, dtp), (dq_t, dtc_t)
+            dtp = dtp.at[idxs[-1].reshape(-1)].add(ds_t, mode="promise_in_bounds")
+        return (dk, dv, dpk, dtp), dq_t.astype(q.dtype)
 
     carry = (jnp.zeros(k_s.shape, acc), jnp.zeros(v.shape, acc),
+             None if pk_t is None else jnp.zeros(pk_t.shape, acc),
              None if t_p is None else jnp.zeros((lk * t_p.shape[3], b * h), acc))
-    (dk, dv, dtp), (dq, dtc) = jax.lax.scan(body, carry, jnp.arange(lp // block, dtype=jnp.int32))
-    dq = jnp.moveaxis(dq, 0, 2).reshape(b, h, lp, d).astype(q.dtype)
-    if t_c is not None:
-        span2 = t_c.shape[3]
-        dtc = jnp.transpose(dtc.reshape(lp // block, block, span2, b, h), (3, 4, 0, 1, 2))
-        dtc = dtc.reshape(b, h, lp, span2).astype(t_c.dtype)
+    (dk, dv, dpk, dtp), dq = jax.lax.scan(body, carry, jnp.arange(lp // block, dtype=jnp.int32))
+    dq = jnp.moveaxis(dq, 0, 2).reshape(b, h, lp, d)
+    if pk_t is not None:
+        dpk = dpk.astype(pk_t.dtype)
     if t_p is not None:
         dtp = dtp.T.reshape(b, h, lk, t_p.shape[3]).astype(t_p.dtype)
-    return (dq, dk.astype(k_s.dtype), dv.astype(v.dtype), dtc, dtp, None, None, None, None)
+    return (dq, dk.astype(k_s.dtype), dv.astype(v.dtype), dpk, dtp, None, None, None, None)
 
 
 _blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
@@ -405,25 +429,19 @@ def _choose_block(query_block, lq: int, return_probs: bool, bias, head_mask) -> 
     return min(int(query_block), lq)
 
 
-def _blocked(q, k, v, s, pk, pq, rel, att_span, mask, head_mask, dropout_rate, dropout_rng, block, acc):
+def _blocked(q, k, v, s, pk, pq, rel, dist, att_span, mask, head_mask, dropout_rate, dropout_rng, block, acc):
     """The blocked path from ``[B, H, L, D]`` q, k, v: pads the queries to a multiple of ``block``,
-    builds tables and flat indices, runs :func:`_blocked_attention`, slices. ``[B, H, Lq, D]``."""
+    runs :func:`_blocked_attention`, slices. Positions: ``rel`` ``[Lq, Lk]`` or the Toeplitz
+    ``dist``. ``[B, H, Lq, D]``."""
     b, h, lq, _ = q.shape
     lk = k.shape[2]
     lp = -(-lq // block) * block
     pad = lp - lq
     q_p = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0))) if pad else q
-    t_c = t_p = idx_c = idx_p = None
-    if pk is not None or pq is not None:
-        span2 = 2 * att_span
-    if pk is not None:
-        t_c = jnp.matmul(q_p, jnp.transpose(pk / s, (1, 2, 0)), preferred_element_type=acc)
-        rows = (jnp.arange(lp, dtype=jnp.int32) % block)[:, None] * span2
-        idx_c = jnp.pad(jnp.clip(rel + att_span, 0, span2 - 1), ((0, pad), (0, 0))) + rows
-    if pq is not None:
-        t_p = jnp.matmul(k, jnp.transpose(pq / s, (1, 2, 0)), preferred_element_type=acc)
-        cols = jnp.arange(lk, dtype=jnp.int32)[None, :] * span2
-        idx_p = jnp.pad(jnp.clip(-rel.T + att_span, 0, span2 - 1), ((0, pad), (0, 0))) + cols
+    pk_t = None if pk is None else jnp.transpose(pk / s, (1, 2, 0))  # [H, D, 2 span]
+    t_p = None if pq is None else jnp.matmul(k, jnp.transpose(pq / s, (1, 2, 0)), preferred_element_type=acc)
+    if pk is None and pq is None:
+        rel = dist = None
     if mask is not None:
         mask = jnp.asarray(mask)
         if mask.dtype != jnp.bool_:
@@ -436,8 +454,8 @@ def _blocked(q, k, v, s, pk, pq, rel, att_span, mask, head_mask, dropout_rate, d
         elif mask.shape[3] != lk:
             mask = jnp.broadcast_to(mask, (*mask.shape[:3], lk))
     rate = float(dropout_rate) if dropout_rng is not None else 0.0
-    out = _blocked_attention(block, rate, q_p, k / s, v, t_c, t_p, idx_c, idx_p, mask,
-                             dropout_rng if rate > 0.0 else None)
+    cfg = (int(block), rate, lq, int(att_span or 0), None)
+    out = _blocked_attention(cfg, q_p, k / s, v, pk_t, t_p, rel, dist, mask, dropout_rng if rate > 0.0 else None)
     out = out[:, :, :lq] if pad else out
     if head_mask is not None:
         out = (out.astype(acc) * jnp.asarray(head_mask).astype(acc)).astype(v.dtype)
@@ -541,7 +559,14 @@ def disentangled_attention(
 
     _, lq, heads, head_dim = query.shape
     lk = key.shape[1]
-    if use_c2p or use_p2c:
+    rel = dist = None
+    block = _choose_block(query_block, lq, return_probs, bias, head_mask)
+    if (use_c2p or use_p2c) and relative_pos is None and block:
+        # the blocked path reads positions from the Toeplitz vector of every i - j: no [L, L] array
+        dist = jnp.arange(-(lk - 1), lq, dtype=jnp.int32)  # dist[i - j + Lk - 1] = i - j
+        if position_buckets > 0 and max_relative_positions > 0:
+            dist = make_log_bucket_position(dist, position_buckets, max_relative_positions).astype(jnp.int32)
+    elif use_c2p or use_p2c:
         if relative_pos is None:
             relative_pos = build_relative_position(lq, lk, position_buckets, max_relative_positions)
         rel = _as_2d_positions(relative_pos, lq, lk, "relative_pos")
@@ -562,10 +587,9 @@ def disentangled_attention(
 
     # [B, H, L, D] and batched matmuls (einsums on [B, L, H, D] make XLA:CPU pick slower layouts)
     q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
-    block = _choose_block(query_block, lq, return_probs, bias, head_mask)
     if block:
-        out = _blocked(q, k, v, s, pk if use_c2p else None, pq if use_p2c else None,
-                       rel if use_c2p or use_p2c else None, att_span, mask, head_mask,
+        out = _blocked(q, k, v, s, pk if use_c2p else None, pq if use_p2c else None, rel, dist, att_span,
+                       mask, head_mask,
                        dropout_rate if dropout_active else 0.0, dropout_rng if dropout_active else None,
                        block, acc)
         return jnp.swapaxes(out, 1, 2), None
