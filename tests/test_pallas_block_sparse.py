@@ -15,11 +15,8 @@ import numpy as np
 import pytest
 
 from zoo.attention.block_sparse import block_sparse_attention, sample_random_blocks
-from zoo.attention.pallas_block_sparse import (
-    BigBirdBlockSparseFlash,
-    block_sparse_flash_attention,
-    block_sparse_kernel,
-)
+from zoo.attention.kernels import BlockSparseAttention
+from zoo.attention.pallas_block_sparse import block_sparse_flash_attention
 from zoo.attention.pallas_support import export_for
 
 TOL = 1e-5
@@ -97,8 +94,7 @@ def test_no_mask_no_random_blocks_and_head_mask():
 def test_training_draws_new_blocks_per_step_without_recompiling():
     length, bs, r, heads = 96, 8, 2, 2
     q, k, v, _, mask = _inputs(1, length, heads, 8)
-    kernel = block_sparse_kernel("pallas", bs, r)
-    assert isinstance(kernel, BigBirdBlockSparseFlash)
+    kernel = BlockSparseAttention(bs, r, kernel="pallas")  # the plug-in BigBird's layers call
     traces = []
 
     @jax.jit
@@ -110,7 +106,7 @@ def test_training_draws_new_blocks_per_step_without_recompiling():
     assert len(traces) == 1
     assert abs(float(l1) - float(l2)) > 1e-3 and float(jnp.abs(g1 - g2).max()) > 1e-3
     # the same blocks as the XLA plug-in draws from the same key
-    xla = block_sparse_kernel("xla", bs, r)
+    xla = BlockSparseAttention(bs, r, kernel="xla")
     both = jax.jit(lambda q, key: (kernel(q, k, v, mask=mask, rng=key)[0], xla(q, k, v, mask=mask, rng=key)[0]))
     got, want = both(q, jax.random.key(2))
     assert float(jnp.abs(got - want).max()) <= TOL
@@ -176,5 +172,5 @@ def test_unsupported_arguments_are_clear_errors():
         block_sparse_flash_attention(q, q, q, block_size=8, rand_attn=jnp.zeros((3, 3, 1), jnp.int32))
     with pytest.raises(ValueError, match="backend"):
         block_sparse_flash_attention(q, q, q, backend="cpu", **kw)
-    with pytest.raises(ValueError, match="kernel"):
-        block_sparse_kernel("cudnn", 8, 1)
+    with pytest.raises(ValueError, match="no block-sparse kernel"):
+        BlockSparseAttention(8, 1, kernel="cudnn")

@@ -50,10 +50,8 @@ from jax.experimental import pallas as pl
 from zoo.attention import pallas_support as ps
 from zoo.attention.block_sparse import (
     MASK_PENALTY,
-    BigBirdBlockSparse,
     _key_padding,
     _slot_tables,
-    block_sparse_attention,
 )
 
 Array = jax.Array
@@ -588,34 +586,4 @@ def block_sparse_flash_attention(
     return jnp.swapaxes(out, 1, 2), None
 
 
-@dataclasses.dataclass(frozen=True)
-class BigBirdBlockSparseFlash(BigBirdBlockSparse):
-    """:class:`~zoo.attention.block_sparse.BigBirdBlockSparse` on the fused kernel: the same
-    random blocks (``sample_random_blocks``, drawn on device per call, so new blocks per head,
-    layer and step never recompile). ``output_attentions`` (``return_probs``) falls back to
-    the XLA kernel, the only one that forms probabilities."""
-
-    backend: str | None = None
-
-    def __call__(self, query, key, value, *, rng=None, layer=0, dropout_rate=0.0, return_probs=False, **kwargs):
-        if return_probs:
-            return super().__call__(query, key, value, rng=rng, layer=layer, dropout_rate=dropout_rate,
-                                    return_probs=True, **kwargs)
-        rand_attn = self.random_blocks(rng, query.shape[2], query.shape[1], layer)
-        return block_sparse_flash_attention(
-            query, key, value, block_size=self.block_size, rand_attn=rand_attn, backend=self.backend,
-            dropout_rate=dropout_rate if self.attention_dropout else 0.0, **kwargs)
-
-
-KERNELS = {"xla": BigBirdBlockSparse, "pallas": BigBirdBlockSparseFlash}
-
-
-def block_sparse_kernel(kind: str, block_size: int, num_random_blocks: int, max_seqlen: int | None = None,
-                        inference_seed: int | None = None, attention_dropout: bool = False, **kwargs):
-    """The BigBird attention plug-in of ``kind`` ("xla" or "pallas"), same arguments."""
-    if kind not in KERNELS:
-        raise ValueError(f"block-sparse kernel {kind!r} is not one of {tuple(KERNELS)}")
-    return KERNELS[kind](block_size, num_random_blocks, max_seqlen, inference_seed, attention_dropout, **kwargs)
-
-
-__all__ = ["BigBirdBlockSparseFlash", "block_sparse_flash_attention", "block_sparse_kernel", "block_sparse_attention"]
+__all__ = ["block_sparse_flash_attention"]
