@@ -545,5 +545,5 @@ def test_blocked_memory_from_memory_analysis():
     dense_bwd = temp(lambda q, k, v: dot_product_attention(q, k, v, implementation="xla")[0], x, x, x, grad=True)
     unblocked_fwd = temp(dis(0), x, x, x, p, p)
     blocked_fwd, blocked_bwd = (temp(dis(256), x, x, x, p, p, grad=g) for g in (False, True))
-    assert blocked_fwd <= 0.7 * unblocked_fwd
+    assert blocked_fwd <= 0.5 * unblocked_fwd
     assert blocked_bwd <= dense_bwd
