@@ -122,12 +122,9 @@ class BlockSparseAttention(BigBirdBlockSparse):
 
 @dataclasses.dataclass(frozen=True)
 class DisentangledAttention:
-    """DeBERTa-v2 disentangled attention with the kernel ``kernel``.
-
-    Called with both the prebuilt ``relative_pos`` (which the XLA kernel gathers with; built
-    once per forward and shared by the layers) and the bucket settings it was built from
-    (from which the fused kernel computes positions itself).
-    """
+    """DeBERTa-v2 disentangled attention with the kernel ``kernel``; the relative positions
+    come from the bucket settings (``position_buckets``, ``max_relative_positions``), from which
+    both kernels compute them (no ``[L, L]`` position array is passed around)."""
 
     kernel: str = "auto"
 
@@ -139,13 +136,10 @@ class DisentangledAttention:
             return self.kernel
         return "pallas" if _platform() in ("gpu", "tpu") and _fused_applies(kwargs) else "xla"
 
-    def __call__(self, query, key, value, *, relative_pos=None, position_buckets=-1,
-                 max_relative_positions=-1, **kwargs):
+    def __call__(self, query, key, value, **kwargs):
         if self.choose(kwargs) == "pallas":
-            return pallas_disentangled.disentangled_flash_attention(
-                query, key, value, position_buckets=position_buckets,
-                max_relative_positions=max_relative_positions, **kwargs)
-        return disentangled_attention(query, key, value, relative_pos=relative_pos, **kwargs)
+            return pallas_disentangled.disentangled_flash_attention(query, key, value, **kwargs)
+        return disentangled_attention(query, key, value, **kwargs)
 
 
 __all__ = ["ATTENTION_KERNELS", "BlockSparseAttention", "DenseAttention", "DisentangledAttention", "check_kernel"]

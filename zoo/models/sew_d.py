@@ -24,7 +24,6 @@ import jax.numpy as jnp
 
 from converters.mapping import KeyTable
 from zoo import outputs as out
-from zoo.attention.disentangled import build_relative_position
 from zoo.attention.kernels import DisentangledAttention
 from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import audio, scan
@@ -139,7 +138,7 @@ class DisentangledSelfAttention(nn.Module):
     kernel: DisentangledAttention = DisentangledAttention()  # which disentangled kernel runs
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, relative_pos: Array | None, rel_embeddings: Array | None,
+    def __call__(self, x: Array, mask: Array, rel_embeddings: Array | None,
                  deterministic: bool = True, output_attentions: bool = False):
         cfg = self.config
         heads = cfg.num_attention_heads
@@ -164,7 +163,7 @@ class DisentangledSelfAttention(nn.Module):
                 pos_query = split(dense("pos_query_proj")(rel)) if "p2c" in types else None
         rng = self.make_rng("dropout") if (not deterministic and cfg.attention_dropout > 0) else None
         context, probs = self.kernel(
-            query, key, value, pos_key=pos_key, pos_query=pos_query, relative_pos=relative_pos,
+            query, key, value, pos_key=pos_key, pos_query=pos_query,
             position_buckets=cfg.position_buckets, max_relative_positions=cfg.max_relative,
             att_span=cfg.att_span, pos_att_type=types, mask=mask, dropout_rate=cfg.attention_dropout,
             dropout_rng=rng, deterministic=deterministic, return_probs=output_attentions,
@@ -181,11 +180,11 @@ class SEWDAttention(nn.Module):
     kernel: DisentangledAttention = DisentangledAttention()  # which disentangled kernel runs
 
     @nn.compact
-    def __call__(self, x, mask, relative_pos, rel_embeddings, deterministic, output_attentions):
+    def __call__(self, x, mask, rel_embeddings, deterministic, output_attentions):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         context, probs = DisentangledSelfAttention(cfg, kernel=self.kernel, name="self", **kw)(
-            x, mask, relative_pos, rel_embeddings, deterministic, output_attentions)
+            x, mask, rel_embeddings, deterministic, output_attentions)
         out_ = BertResidualOutput(cfg, dropout=cfg.activation_dropout, name="output", **kw)(context, x, deterministic)
         return out_, probs
 
@@ -197,11 +196,11 @@ class SEWDLayer(nn.Module):
     kernel: DisentangledAttention = DisentangledAttention()  # which disentangled kernel runs
 
     @nn.compact
-    def __call__(self, x, mask, relative_pos, rel_embeddings, deterministic=True, output_attentions=False):
+    def __call__(self, x, mask, rel_embeddings, deterministic=True, output_attentions=False):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         attn, probs = SEWDAttention(cfg, kernel=self.kernel, name="attention", **kw)(
-            x, mask, relative_pos, rel_embeddings, deterministic, output_attentions)
+            x, mask, rel_embeddings, deterministic, output_attentions)
         h = BertIntermediate(cfg, name="intermediate", **kw)(attn)
         return BertResidualOutput(cfg, "mlp", cfg.activation_dropout, name="output", **kw)(h, attn, deterministic), probs
 
@@ -253,24 +252,22 @@ class SEWDTransformerEncoder(nn.Module):
                  output_hidden_states=False) -> dict:
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        relative_pos = rel_embeddings = None
+        rel_embeddings = None
         if cfg.relative_attention:
             rel_embeddings = Embed(2 * cfg.att_span, cfg.hidden_size, (None, "embed"), std=cfg.initializer_range,
                                    name="rel_embeddings", **kw)(jnp.arange(2 * cfg.att_span))
             if "layer_norm" in cfg.norm_rel_ebd.lower():
                 rel_embeddings = LayerNorm(cfg.layer_norm_eps, name="LayerNorm", **kw)(rel_embeddings)
-            bucket = cfg.position_buckets
-            relative_pos = build_relative_position(x.shape[1], x.shape[1], bucket, cfg.max_relative)
         mask = input_mask.astype(bool)[:, None, None, :]
 
-        def step(layer, x, _, mask, relative_pos, rel_embeddings):
-            y, probs = layer(x, mask, relative_pos, rel_embeddings, deterministic, output_attentions)
+        def step(layer, x, _, mask, rel_embeddings):
+            y, probs = layer(x, mask, rel_embeddings, deterministic, output_attentions)
             # HF records each layer's own output (before the conv branch)
             return y, (y if output_hidden_states else None, probs)
 
         run = functools.partial(
             scan.run_layers, lambda name: SEWDLayer(cfg, kernel=self.kernel, name=name, **kw), step,
-            consts=(mask, relative_pos, rel_embeddings), remat_policy=self.remat_policy,
+            consts=(mask, rel_embeddings), remat_policy=self.remat_policy,
             name=self.layer_names[0], stacked_name=self.layer_names[1])
         first, ys = self.first_scanned(cfg), []
         encoder_input = x
