@@ -1,7 +1,11 @@
-"""Disentangled attention: XLA temp memory and time of the unblocked and the query-blocked paths,
-against the dense kernel (``implementation="xla"``), at SEW-D base shapes.
+"""Disentangled attention: XLA temp memory and time of the unblocked, the query-blocked and the
+key-tiled paths, against the dense kernel (``implementation="xla"``), at SEW-D base shapes.
 
-    python -m benchmarks.disentangled_memory [--lengths 1024,2048,4096 --blocks 128,256 --repeats 5]
+    python -m benchmarks.disentangled_memory [--lengths 1024,2048,4096 --blocks 128 --repeats 5]
+
+Kernels: ``dense``; ``unblocked`` (``query_block=0``); ``blocked<n>`` (the query-blocked forward,
+``query_block=n, key_block=0``); ``keytiled<tq>x<tk>`` (the default, ``query_block=None``: the
+key-tiled forward with the query-blocked backward).
 
 Batch 1, 12 heads, head_dim 64, fp32, no mask, position_buckets 256, max_relative_positions 512
 (512 position rows), c2p + p2c, positions built from the bucket settings inside the jitted
@@ -24,7 +28,7 @@ import numpy as np
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="1024,2048,4096")
-    parser.add_argument("--blocks", default="128,256", help="query tiles of the blocked path")
+    parser.add_argument("--blocks", default="128", help="query tiles of the query-blocked path")
     parser.add_argument("--modes", default="fwd,fwd+bwd")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-time", action="store_true", help="memory only")
@@ -35,6 +39,7 @@ def main(argv=None) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from zoo.attention import disentangled as dis
     from zoo.attention.dense import dot_product_attention
     from zoo.attention.disentangled import disentangled_attention
 
@@ -45,11 +50,16 @@ def main(argv=None) -> dict:
         q, k, v = (jnp.asarray(rng.standard_normal((1, length, heads, dim), np.float32)) for _ in range(3))
         pos = tuple(jnp.asarray(rng.standard_normal((2 * span, heads, dim), np.float32) * 0.1) for _ in range(2))
         fns = {"dense": (lambda q, k, v: dot_product_attention(q, k, v, implementation="xla")[0], (q, k, v))}
-        for qb in [0] + [int(b) for b in args.blocks.split(",")]:
-            fns["unblocked" if qb == 0 else f"blocked{qb}"] = (
-                lambda q, k, v, pk, pq, qb=qb: disentangled_attention(
+        tiled = dis._choose_block(None, None, length, False, None, None, False)
+        variants = [("unblocked", 0, 0)] + [(f"blocked{b}", int(b), 0) for b in args.blocks.split(",")]
+        if tiled[1]:
+            variants.append((f"keytiled{tiled[0]}x{tiled[1]}", None, None))
+        for name, qb, kb in variants:
+            fns[name] = (
+                lambda q, k, v, pk, pq, qb=qb, kb=kb: disentangled_attention(
                     q, k, v, pos_key=pk, pos_query=pq, att_span=span, pos_att_type=("c2p", "p2c"),
-                    position_buckets=256, max_relative_positions=512, query_block=qb)[0], (q, k, v, *pos))
+                    position_buckets=256, max_relative_positions=512, query_block=qb, key_block=kb)[0],
+                (q, k, v, *pos))
         for mode in args.modes.split(","):
             exes = {}
             for name, (fn, inputs) in fns.items():
@@ -74,7 +84,7 @@ def main(argv=None) -> dict:
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "times_ms"}), flush=True)
 
-    md = ["### disentangled attention: unblocked vs query-blocked vs dense (xla), fp32, CPU", "",
+    md = ["### disentangled attention: unblocked vs query-blocked vs key-tiled vs dense (xla), fp32, CPU", "",
           f"batch 1, {heads} heads, head_dim {dim}, 512 position rows (buckets 256 / max_rel 512), c2p + p2c, "
           f"no mask; medians of {args.repeats} interleaved calls; temp = XLA memory_analysis temp_size", "",
           "| L | mode | kernel | temp MiB | median ms |", "|---:|---|---|---:|---:|"]

@@ -25,7 +25,7 @@ ATOL = 1e-5
 # jitted once per static configuration: much faster than op-by-op dispatch
 attention = jax.jit(disentangled_attention, static_argnames=(
     "att_span", "pos_att_type", "dropout_rate", "deterministic", "return_probs", "position_buckets",
-    "max_relative_positions", "query_block"))
+    "max_relative_positions", "query_block", "key_block"))
 HIDDEN, HEADS = 32, 4
 HEAD_DIM = HIDDEN // HEADS
 
@@ -432,12 +432,14 @@ def test_half_precision_and_argument_errors():
 
 
 # ------------------------------------------------------------- query-blocked (memory-lean) path
-def _both_paths(q, k, v, pk, pq, w, block, **kw):
-    """(out, grads of q, k, v, pos_key, pos_query) of the unblocked and the blocked path."""
+def _both_paths(q, k, v, pk, pq, w, block, key_block=0, **kw):
+    """(out, grads of q, k, v, pos_key, pos_query) of the unblocked and the blocked path (with
+    ``key_block > 0`` the key-tiled forward)."""
     res = []
-    for qb in (0, block):
-        def f(q, k, v, pk, pq, qb=qb):
-            return disentangled_attention(q, k, v, pos_key=pk, pos_query=pq, query_block=qb, **kw)[0]
+    for qb, kb in ((0, 0), (block, key_block)):
+        def f(q, k, v, pk, pq, qb=qb, kb=kb):
+            return disentangled_attention(q, k, v, pos_key=pk, pos_query=pq, query_block=qb, key_block=kb,
+                                          **kw)[0]
 
         def loss(*a, f=f):
             out = f(*a)
@@ -448,23 +450,29 @@ def _both_paths(q, k, v, pk, pq, w, block, **kw):
     return res
 
 
+@pytest.mark.parametrize("key_block", [0, 7], ids=["query-blocked", "key-tiled"])
 @pytest.mark.parametrize("buckets,max_rel", [(8, 32), (-1, -1)], ids=["buckets", "nobuckets"])
 @pytest.mark.parametrize("pos_att_type", TYPES, ids=lambda t: "+".join(t) or "none")
-def test_blocked_matches_unblocked(pos_att_type, buckets, max_rel):
-    """Outputs and all five input gradients, L=45 with tiles of 16 (padded), batch 2, a key mask
-    with a fully masked batch element."""
+def test_blocked_matches_unblocked(pos_att_type, buckets, max_rel, key_block):
+    """Outputs and all five input gradients, L=45 with query tiles of 16 (padded) and, key-tiled,
+    key tiles of 7 (padded), batch 2, a key mask with a fully masked batch element; and without
+    a mask (key-tiled: only the key padding is masked)."""
     length, span = 45, 8
     q, k, v, pk, pq = _random_qkv(2, length, 4, 8, span, seed=11)
     w = jnp.asarray(np.random.default_rng(12).standard_normal(q.shape, np.float32))
     mask = jnp.arange(length)[None, None, None, :] < jnp.array([30, 0])[:, None, None, None]
-    (out0, g0), (out1, g1) = _both_paths(q, k, v, pk, pq, w, 16, att_span=span, pos_att_type=pos_att_type,
-                                         position_buckets=buckets, max_relative_positions=max_rel, mask=mask)
-    assert _max_diff(out0, out1) <= 1e-5 and np.all(np.asarray(out1[1]) == 0)
-    for a, b in zip(g0, g1):
-        assert _max_diff(a, b) <= 1e-5
+    for m in (mask, None):
+        (out0, g0), (out1, g1) = _both_paths(q, k, v, pk, pq, w, 16, key_block, att_span=span,
+                                             pos_att_type=pos_att_type, position_buckets=buckets,
+                                             max_relative_positions=max_rel, mask=m)
+        assert _max_diff(out0, out1) <= 1e-5
+        assert m is None or np.all(np.asarray(out1[1]) == 0)
+        for a, b in zip(g0, g1):
+            assert _max_diff(a, b) <= 1e-5
 
 
-def test_blocked_square_mask_head_mask_fewer_queries_and_errors():
+@pytest.mark.parametrize("key_block", [0, 16], ids=["query-blocked", "key-tiled"])
+def test_blocked_square_mask_head_mask_fewer_queries_and_errors(key_block):
     length, span = 40, 8
     q, k, v, pk, pq = _random_qkv(2, length, 4, 8, span, seed=13)
     w = jnp.asarray(np.random.default_rng(14).standard_normal(q.shape, np.float32))
@@ -472,15 +480,25 @@ def test_blocked_square_mask_head_mask_fewer_queries_and_errors():
     square = keep[:, None, :, None] & keep[:, None, None, :]  # fully masked rows at padded queries
     head_mask = jnp.array([1.0, 0.0, 0.5, 2.0])[:, None, None]
     kw = dict(att_span=span, pos_att_type=("c2p", "p2c"), position_buckets=8, max_relative_positions=32)
-    (out0, g0), (out1, g1) = _both_paths(q, k, v, pk, pq, w, 32, mask=square, head_mask=head_mask, **kw)
+    (out0, g0), (out1, g1) = _both_paths(q, k, v, pk, pq, w, 32, key_block, mask=square, head_mask=head_mask,
+                                         **kw)
     assert _max_diff(out0, out1) <= 1e-5 and all(_max_diff(a, b) <= 1e-5 for a, b in zip(g0, g1))
-    # c2p with Lq != Lk, relative_pos passed in, no mask
+    # c2p with Lq != Lk, relative_pos passed in, no mask; both terms with relative_pos passed in
     rel = build_relative_position(19, length, 16, 64)
-    (out0, g0), (out1, g1) = _both_paths(q[:, :19], k, v, pk, pq, w[:, :19], 8, att_span=span,
+    (out0, g0), (out1, g1) = _both_paths(q[:, :19], k, v, pk, pq, w[:, :19], 8, key_block, att_span=span,
                                          pos_att_type=("c2p",), relative_pos=rel)
+    assert _max_diff(out0, out1) <= 1e-5 and all(_max_diff(a, b) <= 1e-5 for a, b in zip(g0, g1))
+    rel = build_relative_position(length, length, 16, 64)
+    (out0, g0), (out1, g1) = _both_paths(q, k, v, pk, pq, w, 8, key_block, att_span=span,
+                                         pos_att_type=("c2p", "p2c"), relative_pos=rel, mask=square)
     assert _max_diff(out0, out1) <= 1e-5 and all(_max_diff(a, b) <= 1e-5 for a, b in zip(g0, g1))
     with pytest.raises(ValueError, match="query_block"):
         disentangled_attention(q, k, v, pos_key=pk, pos_query=pq, query_block=-1, **kw)
+    with pytest.raises(ValueError, match="key_block"):
+        disentangled_attention(q, k, v, pos_key=pk, pos_query=pq, query_block=8, key_block=-1, **kw)
+    with pytest.raises(ValueError, match="no dropout"):
+        disentangled_attention(q, k, v, pos_key=pk, pos_query=pq, query_block=8, key_block=8, dropout_rate=0.1,
+                               dropout_rng=jax.random.PRNGKey(0), deterministic=False, **kw)
 
 
 def test_blocked_dropout():
@@ -547,3 +565,26 @@ def test_blocked_memory_from_memory_analysis():
     blocked_fwd, blocked_bwd = (temp(dis(256), x, x, x, p, p, grad=g) for g in (False, True))
     assert blocked_fwd <= 0.5 * unblocked_fwd
     assert blocked_bwd <= dense_bwd
+
+
+def test_key_tiled_forward_memory_at_4096():
+    """The automatic forward at L=4096 (SEW-D base: 12 heads x 64, buckets 256 / max_rel 512, c2p +
+    p2c, fp32) is the key-tiled one, and XLA's temp memory is at most twice the dense kernel's
+    (``implementation="xla"``) forward. Compiling both takes about a second; nothing is run."""
+    from zoo.attention import disentangled as dis
+    from zoo.attention.dense import dot_product_attention
+
+    length, span = 4096, 256
+    assert dis._choose_block(None, None, length, False, None, None, False) == (
+        dis.AUTO_TILED_QUERY_BLOCK, dis.AUTO_KEY_BLOCK)
+    x = jax.ShapeDtypeStruct((1, length, 12, 64), jnp.float32)
+    p = jax.ShapeDtypeStruct((2 * span, 12, 64), jnp.float32)
+
+    def temp(fn, *args):
+        return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    dense = temp(lambda q, k, v: dot_product_attention(q, k, v, implementation="xla")[0], x, x, x)
+    tiled = temp(lambda q, k, v, pk, pq: disentangled_attention(
+        q, k, v, pos_key=pk, pos_query=pq, att_span=span, position_buckets=256, max_relative_positions=512)[0],
+        x, x, x, p, p)
+    assert tiled <= 2 * dense

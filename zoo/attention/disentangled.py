@@ -35,8 +35,19 @@ gathered position terms, XSoftmax and output tile, with a FlashAttention-style c
 is blocked too (probabilities recomputed from the per-row log-sum-exp; dk, dv, d pos_key and
 the p2c table gradient accumulated in the scan carry). Only one tile of ``[B, H, tile, Lk]``
 temporaries is live at a time, and with positions from the bucket settings no ``[L, L]``
-array exists at all; the ``[B, H, Lk, 2 span]`` p2c table remains. ``return_probs`` (and
-``bias``) take the unblocked path.
+array exists at all; the ``[B, H, Lk, 2 span]`` p2c table remains.
+
+By default (``query_block=None``, no active dropout) the forward tiles the keys too, flash-style
+in XLA (``key_block``): per query tile of ``AUTO_TILED_QUERY_BLOCK`` rows its c2p table, then a
+``lax.scan`` over key tiles of ``AUTO_KEY_BLOCK`` columns with an online softmax (running max,
+denominator, accumulator), each key tile's p2c table ``k_u @ pos_query^T`` recomputed per query
+tile, so the full p2c table is never formed; tiles are sliced from the ``[B, L, H, D]`` inputs
+(no transposed copies). The backward is the query-blocked one, from the same log-sum-exp. On
+CPU at SEW-D base shapes (L = 4096, 12 x 64, 512 position rows, fp32) the forward needs about 21
+MiB of XLA temp memory (dense ``xla``: 36 MiB; query-blocked: 194 MiB; unblocked: 1.1 GiB); its
+forward was faster than the unblocked one at L = 1024, 2048 and 4096, and than the query-blocked
+one at 4096 (at 1024 / 2048 within about 15% of it, either way depending on the run;
+``benchmarks/disentangled_memory.py``, ``benchmarks/results/disentangled_memory.md``). ``return_probs`` (and ``bias``) take the unblocked path.
 
 Relative positions follow HF's ``build_relative_position`` / ``make_log_bucket_position``
 bit for bit; see :func:`make_log_bucket_position` for how the float32 ``log``/``ceil`` of
@@ -423,24 +434,186 @@ def _blocked_attention_bwd(cfg, res, g):
 _blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
 
 
+# ------------------------------------------------- key-tiled forward (flash-style, lean on memory)
+# With query_block=None and no active dropout, from AUTO_BLOCK_MIN_LENGTH the forward also tiles the
+# keys: query tiles of AUTO_TILED_QUERY_BLOCK rows, key tiles of AUTO_KEY_BLOCK columns. Measured on
+# CPU (shared 2 cores, L = 1024 / 2048 / 4096): 512 x 32 was faster than 512 x {16, 64, 128, 256, 512},
+# 256 x 32 and 1024 x 32, at 21 MiB temp at L = 4096 (512 x 512: 68 MiB; 512 x 128: 30 MiB).
+AUTO_TILED_QUERY_BLOCK = 512
+AUTO_KEY_BLOCK = 32
+
+
+def _block_positions(rows, cols, lk, rel, dist, transpose):
+    """int32 ``[tq, tk]`` relative positions ``rel[i, j]`` (or, with ``transpose``, ``rel[j, i]``)
+    for query rows ``rows`` and key columns ``cols`` (both already clamped in range)."""
+    if rel is not None:
+        if transpose:
+            return jnp.take(jnp.take(rel, cols, axis=0), rows, axis=1).T
+        return jnp.take(jnp.take(rel, rows, axis=0), cols, axis=1)
+    diff = (cols[None, :] - rows[:, None]) if transpose else (rows[:, None] - cols[None, :])
+    return jnp.take(dist, diff + (lk - 1), axis=0)
+
+
+def _tiled_forward(cfg, q, k, v, pk_t, pq_t, rel, dist, mask):
+    """Forward over (query tile, key tile) pairs with an online softmax: ``(out [B, Lp, H, D],
+    lse [B, H, Lp])`` from q ``[B, Lp, H, D]``, k, v ``[B, Lk, H, D]`` in the caller's layout
+    (tiles are sliced and transposed inside the loops: no transposed or scaled copy of q, k, v).
+    Per query tile (``lax.map``): its c2p table ``q_t @ pos_key^T`` ``[B, H, tq, 2 span]``; per
+    key tile (``lax.scan``, carry = running max, denominator, output accumulator): content
+    scores ``q_t @ (k_u / s)^T``, the key tile's p2c table ``k_u @ pos_query^T`` ``[B, H, tk, 2
+    span]`` (recomputed for every query tile; the full ``[B, H, Lk, 2 span]`` table never
+    exists), both gathered terms, XSoftmax. Keys are padded to a multiple of ``tk``, the padding
+    masked. The running max starts at dtype min and includes masked (dtype min) scores, as the
+    unblocked row max does: a row with any kept entry gets the max over its kept entries, a fully
+    masked row ends with max = dtype min, denominator 0 -> 1, output 0 and lse = dtype min, as
+    in the query-blocked forward."""
+    tq, tk, _, lq, span, scale = cfg
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    b, lp, h, d = q.shape
+    lk = k.shape[1]
+    nk = -(-lk // tk)
+    padk = nk * tk - lk
+    if padk:
+        padw = ((0, 0), (0, padk), (0, 0), (0, 0))
+        k, v = jnp.pad(k, padw), jnp.pad(v, padw)
+        if mask is None:
+            mask = (jnp.arange(lk + padk) < lk)[None, None, None, :]
+        else:
+            mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, padk)), constant_values=False)
+    span2 = 2 * span
+    fmin = jnp.finfo(acc).min
+    s_val = jnp.asarray(scale, k.dtype)
+
+    def tile(x, start, size):  # [B, size, H, D] rows of x -> [B, H, size, D]
+        return jnp.swapaxes(jax.lax.dynamic_slice_in_dim(x, start, size, axis=1), 1, 2)
+
+    def q_tile(t):
+        i0 = t * tq
+        q_t = tile(q, i0, tq)
+        rows = jnp.minimum(i0 + jnp.arange(tq, dtype=jnp.int32), lq - 1)
+        t_c = None
+        if pk_t is not None:
+            t_c = jnp.matmul(q_t, pk_t, preferred_element_type=acc).reshape(b * h, tq * span2)
+        m_rows = None
+        if mask is not None:
+            m_rows = mask if mask.shape[2] == 1 else jax.lax.dynamic_slice_in_dim(mask, i0, tq, axis=2)
+
+        def k_tile(carry, u):
+            mx, den, o = carry
+            j0 = u * tk
+            cols = jnp.minimum(j0 + jnp.arange(tk, dtype=jnp.int32), lk - 1)
+            k_u = tile(k, j0, tk)
+            sc = jnp.matmul(q_t, jnp.swapaxes(k_u / s_val, -1, -2), preferred_element_type=acc)
+            tables, idxs = [], []
+            if t_c is not None:
+                pos = jnp.clip(_block_positions(rows, cols, lk, rel, dist, False) + span, 0, span2 - 1)
+                tables.append(t_c)
+                idxs.append(pos + (jnp.arange(tq, dtype=jnp.int32) * span2)[:, None])
+            if pq_t is not None:
+                t_p = jnp.matmul(k_u, pq_t, preferred_element_type=acc).reshape(b * h, tk * span2)
+                pos = jnp.clip(-_block_positions(rows, cols, lk, rel, dist, True) + span, 0, span2 - 1)
+                tables.append(t_p)
+                idxs.append(pos + (jnp.arange(tk, dtype=jnp.int32) * span2)[None, :])
+            if tables:
+                sc = sc + _gather_sum_impl(tuple(tables), tuple(idxs)).reshape(b, h, tq, tk)
+            m_u = None
+            if m_rows is not None:
+                m_u = jax.lax.dynamic_slice_in_dim(m_rows, j0, tk, axis=3)
+                sc = jnp.where(m_u, sc, fmin)
+            mx_new = jnp.maximum(mx, sc.max(axis=-1, keepdims=True))
+            w = jnp.exp(sc - mx_new)
+            if m_u is not None:
+                w = jnp.where(m_u, w, jnp.zeros((), acc))
+            alpha = jnp.exp(mx - mx_new)
+            den = den * alpha + w.sum(axis=-1, keepdims=True)
+            o = o * alpha + jnp.matmul(w.astype(v.dtype), tile(v, j0, tk), preferred_element_type=acc)
+            return (mx_new, den, o), None
+
+        init = (jnp.full((b, h, tq, 1), fmin, acc), jnp.zeros((b, h, tq, 1), acc), jnp.zeros((b, h, tq, d), acc))
+        (mx, den, o), _ = jax.lax.scan(k_tile, init, jnp.arange(nk, dtype=jnp.int32))
+        den = jnp.where(den > 0, den, jnp.ones((), acc))  # fully masked rows: 0 / 1 instead of 0 / 0
+        return jnp.swapaxes((o / den).astype(v.dtype), 1, 2), (mx + jnp.log(den))[..., 0]
+
+    outs, lse = jax.lax.map(q_tile, jnp.arange(lp // tq, dtype=jnp.int32))  # [nq, B, tq, H, D]
+    out = jnp.moveaxis(outs, 0, 1).reshape(b, lp, h, d)
+    return out, jnp.moveaxis(lse, 0, 2).reshape(b, h, lp)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _tiled_attention(cfg, q, k, v, pk_t, pq_t, rel, dist, mask):
+    """The key-tiled forward (:func:`_tiled_forward`) with the query-blocked backward:
+    ``[B, Lp, H, D]``.
+
+    ``cfg = (tq, tk, backward query tile, Lq, span, scale)``; ``q`` ``[B, Lp, H, D]`` (``Lp`` a
+    multiple of ``tq``), ``k``, ``v`` ``[B, Lk, H, D]`` unscaled; ``pk_t``, ``pq_t`` ``[H, D, 2
+    span]`` (``pos_key / s``, ``pos_query / s``, transposed) or None; positions and mask as in
+    :func:`_blocked_attention`. No dropout.
+    """
+    return _tiled_forward(cfg, q, k, v, pk_t, pq_t, rel, dist, mask)[0]
+
+
+def _tiled_attention_fwd(cfg, q, k, v, pk_t, pq_t, rel, dist, mask):
+    out, lse = _tiled_forward(cfg, q, k, v, pk_t, pq_t, rel, dist, mask)
+    return out, (q, k, v, pk_t, pq_t, rel, dist, mask, out, lse)
+
+
+def _tiled_attention_bwd(cfg, res, g):
+    """:func:`_blocked_attention_bwd` (query tiles of ``cfg[2]`` rows) from the same per-row lse,
+    in its ``[B, H, L, D]`` layout; the p2c table ``k @ pos_query^T`` and ``k / s`` are formed
+    here, their gradients taken back to ``k`` and ``pq_t``."""
+    _, _, bq, lq, span, scale = cfg
+    q, k, v, pk_t, pq_t, rel, dist, mask, out, lse = res
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    sw = lambda x: jnp.swapaxes(x, 1, 2)
+    q_h, k_h, v_h = sw(q), sw(k), sw(v)
+    s_val = jnp.asarray(scale, k.dtype)
+    t_p = p2c_vjp = None
+    if pq_t is not None:
+        t_p, p2c_vjp = jax.vjp(lambda k, p: jnp.matmul(k, p, preferred_element_type=acc), k_h, pq_t)
+    k_s, scale_vjp = jax.vjp(lambda k: k / s_val, k_h)
+    grads = _blocked_attention_bwd((bq, 0.0, lq, span, None),
+                                   (q_h, k_s, v_h, pk_t, t_p, rel, dist, mask, None, sw(out), lse), sw(g))
+    dq, dk_s, dv, dpk, dtp = grads[:5]
+    (dk,) = scale_vjp(dk_s)
+    dpq = None
+    if pq_t is not None:
+        dk_p, dpq = p2c_vjp(dtp)
+        dk = dk + dk_p.astype(dk.dtype)
+    return (sw(dq), sw(dk), sw(dv), dpk, dpq, None, None, None)
+
+
+_tiled_attention.defvjp(_tiled_attention_fwd, _tiled_attention_bwd)
+
+
 def _per_head(head_mask, ndim: int = 4) -> bool:
     """``head_mask`` scales whole (batch, head) rows: its last two (query, key) axes are unit."""
     shape = (1,) * (ndim - head_mask.ndim) + tuple(head_mask.shape)
     return len(shape) == ndim and shape[-2:] == (1, 1)
 
 
-def _choose_block(query_block, lq: int, return_probs: bool, bias, head_mask) -> int:
-    """The query tile of the blocked path, or 0 for the unblocked one."""
+def _choose_block(query_block, key_block, lq: int, return_probs: bool, bias, head_mask,
+                  dropout: bool) -> tuple[int, int]:
+    """``(query tile, key tile)``: ``(0, 0)`` the unblocked path, ``(n, 0)`` the query-blocked
+    path, ``(n, m)`` the key-tiled forward (with the query-blocked backward)."""
     if query_block is not None and int(query_block) < 0:
         raise ValueError(f"query_block must be None (automatic), 0 (never) or a positive tile size, got {query_block}")
+    if key_block is not None and int(key_block) < 0:
+        raise ValueError(f"key_block must be None (automatic), 0 (never) or a positive tile size, got {key_block}")
     if return_probs or bias is not None or (head_mask is not None and not _per_head(jnp.asarray(head_mask))):
-        return 0  # probabilities (L x L anyway), bias and per-position head masks: the unblocked path
+        return 0, 0  # probabilities (L x L anyway), bias and per-position head masks: the unblocked path
     if query_block is None:
-        return AUTO_BLOCK if lq >= AUTO_BLOCK_MIN_LENGTH else 0
-    return min(int(query_block), lq)
+        if lq < AUTO_BLOCK_MIN_LENGTH:
+            return 0, 0
+        if key_block == 0 or (key_block is None and dropout):
+            return AUTO_BLOCK, 0
+        return min(AUTO_TILED_QUERY_BLOCK, lq), int(key_block or AUTO_KEY_BLOCK)
+    if int(query_block) == 0:
+        return 0, 0
+    return min(int(query_block), lq), int(key_block or 0)
 
 
-def _blocked(q, k, v, s, pk, pq, rel, dist, att_span, mask, head_mask, dropout_rate, dropout_rng, block, acc):
+def _blocked(q, k, v, s, pk, pq, rel, dist, att_span, mask, head_mask, dropout_rate, dropout_rng, block, acc,
+             key_block=0, scale=None):
     """The blocked path from ``[B, H, L, D]`` q, k, v: pads the queries to a multiple of ``block``,
     runs :func:`_blocked_attention`, slices. Positions: ``rel`` ``[Lq, Lk]`` or the Toeplitz
     ``dist``. ``[B, H, Lq, D]``."""
@@ -450,7 +623,8 @@ def _blocked(q, k, v, s, pk, pq, rel, dist, att_span, mask, head_mask, dropout_r
     pad = lp - lq
     q_p = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0))) if pad else q
     pk_t = None if pk is None else jnp.transpose(pk / s, (1, 2, 0))  # [H, D, 2 span]
-    t_p = None if pq is None else jnp.matmul(k, jnp.transpose(pq / s, (1, 2, 0)), preferred_element_type=acc)
+    pq_t = None if pq is None else jnp.transpose(pq / s, (1, 2, 0))
+    t_p = None if pq is None or key_block else jnp.matmul(k, pq_t, preferred_element_type=acc)
     if pk is None and pq is None:
         rel = dist = None
     if mask is not None:
@@ -465,8 +639,20 @@ def _blocked(q, k, v, s, pk, pq, rel, dist, att_span, mask, head_mask, dropout_r
         elif mask.shape[3] != lk:
             mask = jnp.broadcast_to(mask, (*mask.shape[:3], lk))
     rate = float(dropout_rate) if dropout_rng is not None else 0.0
-    cfg = (int(block), rate, lq, int(att_span or 0), None)
-    out = _blocked_attention(cfg, q_p, k / s, v, pk_t, t_p, rel, dist, mask, dropout_rng if rate > 0.0 else None)
+    if key_block:
+        if rate > 0.0:
+            raise ValueError("the key-tiled forward (key_block > 0) has no dropout; pass key_block=0 (or None)")
+        bq = AUTO_BLOCK if block % AUTO_BLOCK == 0 else block  # backward query tile (divides Lp)
+        cfg = (int(block), int(min(key_block, lk)), bq, lq, int(att_span or 0),
+               float(s) if scale is None else float(scale))
+        # the caller's [B, L, H, D] layout (these transposes cancel the caller's): the kernel slices
+        # and transposes tiles itself, no [B, H, L, D] copies
+        out = jnp.swapaxes(_tiled_attention(cfg, jnp.swapaxes(q_p, 1, 2), jnp.swapaxes(k, 1, 2),
+                                            jnp.swapaxes(v, 1, 2), pk_t, pq_t, rel, dist, mask), 1, 2)
+    else:
+        cfg = (int(block), rate, lq, int(att_span or 0), None)
+        out = _blocked_attention(cfg, q_p, k / s, v, pk_t, t_p, rel, dist, mask,
+                                 dropout_rng if rate > 0.0 else None)
     out = out[:, :, :lq] if pad else out
     if head_mask is not None:
         out = (out.astype(acc) * jnp.asarray(head_mask).astype(acc)).astype(v.dtype)
@@ -494,6 +680,7 @@ def disentangled_attention(
     deterministic: bool = True,
     return_probs: bool = False,
     query_block: int | None = None,
+    key_block: int | None = None,
 ) -> tuple[Array, Array | None]:
     """Disentangled attention exactly as HF's ``DisentangledSelfAttention`` (after projections).
 
@@ -528,11 +715,19 @@ def disentangled_attention(
         ``query_block`` query rows (queries padded to a multiple), so only one tile of
         ``[B, H, query_block, Lk]`` temporaries is live, with a custom VJP that is blocked too
         (FlashAttention-style recomputation from the per-row log-sum-exp). ``None``
-        (default): blocked with tiles of ``AUTO_BLOCK`` rows when ``Lq >= AUTO_BLOCK_MIN_LENGTH``;
-        ``0``: never; ``n > 0``: tiles of ``n`` rows. ``return_probs``, ``bias`` and a
+        (default): when ``Lq >= AUTO_BLOCK_MIN_LENGTH``, the key-tiled forward (see
+        ``key_block``) with query tiles of ``AUTO_TILED_QUERY_BLOCK`` rows, or with active dropout
+        (or ``key_block=0``) the query-blocked one with tiles of ``AUTO_BLOCK`` rows; the
+        backward is query-blocked either way. ``0``: never; ``n > 0``: tiles of ``n`` rows. ``return_probs``, ``bias`` and a
         ``head_mask`` that varies over queries or keys always take the unblocked path. With
         dropout, the blocked path draws each tile's mask from ``fold_in(dropout_rng, tile)``:
         the same distribution, but not the same mask as the unblocked path for the same key.
+      key_block: the key-tiled forward: for each query tile, a ``lax.scan`` over tiles of
+        ``key_block`` keys (padded, the padding masked) with an online softmax, the p2c table
+        formed per key tile, so only ``[B, H, query tile, key_block]`` temporaries and one query
+        tile's c2p table are live. ``None`` (default): ``AUTO_KEY_BLOCK`` when ``query_block`` is
+        None too (and no dropout is active), else off; ``0``: off; ``n > 0``: tiles of ``n``
+        keys (with a positive or automatic ``query_block``; no dropout: raises).
 
     Returns:
       ``(out [B, Lq, H, D], probs [B, H, Lq, Lk] or None)``.
@@ -571,7 +766,7 @@ def disentangled_attention(
     _, lq, heads, head_dim = query.shape
     lk = key.shape[1]
     rel = dist = None
-    block = _choose_block(query_block, lq, return_probs, bias, head_mask)
+    block, kblock = _choose_block(query_block, key_block, lq, return_probs, bias, head_mask, dropout_active)
     if (use_c2p or use_p2c) and relative_pos is None and block:
         # the blocked path reads positions from the Toeplitz vector of every i - j: no [L, L] array
         dist = jnp.arange(-(lk - 1), lq, dtype=jnp.int32)  # dist[i - j + Lk - 1] = i - j
@@ -602,7 +797,7 @@ def disentangled_attention(
         out = _blocked(q, k, v, s, pk if use_c2p else None, pq if use_p2c else None, rel, dist, att_span,
                        mask, head_mask,
                        dropout_rate if dropout_active else 0.0, dropout_rng if dropout_active else None,
-                       block, acc)
+                       block, acc, kblock, scale_value)
         return jnp.swapaxes(out, 1, 2), None
     # HF: bmm(q, k^T / s)
     scores = jnp.matmul(q, jnp.swapaxes(k / s, -1, -2), preferred_element_type=acc)
