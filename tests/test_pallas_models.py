@@ -10,6 +10,7 @@ really contains Pallas kernels.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -150,3 +151,23 @@ def test_cudnn_is_given_masks_with_both_lengths_in_full(monkeypatch):
                                 implementation="cudnn")
     assert seen["implementation"] == "cudnn"
     assert seen["mask"].shape == (2, 1, 5, 7) and seen["bias"].shape == (1, 3, 5, 7)
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu", "tpu"])
+def test_auto_choice_per_platform(platform, monkeypatch):
+    """What ``auto`` picks, decided from static facts (the platform faked: no GPU/TPU here)."""
+    from zoo.attention import kernels
+
+    monkeypatch.setattr(kernels, "_platform", lambda: platform)
+    q32, q16 = np.zeros((1, 8, 2, 64), np.float32), np.zeros((1, 8, 2, 64), jnp.bfloat16)
+    dense, fused = kernels.DenseAttention(), kernels.DisentangledAttention()
+    train = dict(dropout_rate=0.1, deterministic=False)
+    accel = platform != "cpu"
+    assert dense.choose(q16, {}) == {"cpu": "xla", "gpu": "cudnn", "tpu": "pallas"}[platform]
+    assert dense.choose(q32, {}) == ("pallas" if accel else "xla")
+    assert dense.choose(q32, dict(return_probs=True)) == "xla"
+    assert dense.choose(q32, train) == "xla"
+    assert dense.choose(q32, dict(head_mask=np.ones((1, 2, 8, 8)))) == "xla"  # not per head
+    assert fused.choose({}) == ("pallas" if accel else "xla") and fused.choose(train) == "xla"
+    assert kernels.BlockSparseAttention(8, 1).choose(dict(return_probs=True)) == "xla"
+    assert kernels.DenseAttention("xla").choose(q16, {}) == "xla"

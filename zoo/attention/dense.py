@@ -51,9 +51,14 @@ def _full_scores(x: Array | None, query: Array, key: Array) -> Array | None:
 
 def _use_cudnn(query: Array, return_probs: bool, dropout_active: bool, head_mask) -> bool:
     """cuDNN flash attention applies on GPU in half precision when no probs are needed."""
+    return jax.default_backend() == "gpu" and cudnn_applies(query, return_probs, dropout_active, head_mask)
+
+
+def cudnn_applies(query: Array, return_probs: bool, dropout_active: bool, head_mask) -> bool:
+    """What cuDNN's fused kernel can do, whatever the platform: half precision, head_dim <= 128
+    and a multiple of 8, no probabilities, no dropout, no head mask."""
     return (
-        jax.default_backend() == "gpu"
-        and query.dtype in (jnp.bfloat16, jnp.float16)
+        query.dtype in (jnp.bfloat16, jnp.float16)
         and not return_probs
         and not dropout_active
         and head_mask is None

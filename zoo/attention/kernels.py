@@ -31,7 +31,7 @@ import jax
 
 from zoo.attention import pallas_block_sparse, pallas_dense, pallas_disentangled
 from zoo.attention.block_sparse import BigBirdBlockSparse, block_sparse_attention
-from zoo.attention.dense import _use_cudnn, dot_product_attention
+from zoo.attention.dense import cudnn_applies, dot_product_attention
 from zoo.attention.disentangled import disentangled_attention
 
 Array = jax.Array
@@ -68,6 +68,13 @@ def _fused_applies(kwargs: dict) -> bool:
             and _per_head(kwargs.get("head_mask")))
 
 
+def _fused_or_xla(kernel: str, kwargs: dict) -> str:
+    """The choice of a kernel family without a cuDNN form: Pallas on GPU/TPU where it applies."""
+    if kernel != "auto":
+        return kernel
+    return "pallas" if _platform() in ("gpu", "tpu") and _fused_applies(kwargs) else "xla"
+
+
 @dataclasses.dataclass(frozen=True)
 class DenseAttention:
     """Dense attention with the kernel ``kernel`` (see the module docstring)."""
@@ -82,7 +89,7 @@ class DenseAttention:
         if self.kernel != "auto":
             return self.kernel
         platform = _platform()
-        if platform == "gpu" and _use_cudnn(query, kwargs.get("return_probs", False), _dropout_active(kwargs),
+        if platform == "gpu" and cudnn_applies(query, kwargs.get("return_probs", False), _dropout_active(kwargs),
                                             kwargs.get("head_mask")):
             return "cudnn"
         if platform in ("gpu", "tpu") and _fused_applies(kwargs):
@@ -107,9 +114,7 @@ class BlockSparseAttention(BigBirdBlockSparse):
         check_kernel(self.kernel, "block-sparse")
 
     def choose(self, kwargs: dict) -> str:
-        if self.kernel != "auto":
-            return self.kernel
-        return "pallas" if _platform() in ("gpu", "tpu") and _fused_applies(kwargs) else "xla"
+        return _fused_or_xla(self.kernel, kwargs)
 
     def __call__(self, query, key, value, *, rng=None, layer=0, dropout_rate=0.0, **kwargs):
         rand_attn = self.random_blocks(rng, query.shape[2], query.shape[1], layer)
@@ -132,9 +137,7 @@ class DisentangledAttention:
         check_kernel(self.kernel, "disentangled")
 
     def choose(self, kwargs: dict) -> str:
-        if self.kernel != "auto":
-            return self.kernel
-        return "pallas" if _platform() in ("gpu", "tpu") and _fused_applies(kwargs) else "xla"
+        return _fused_or_xla(self.kernel, kwargs)
 
     def __call__(self, query, key, value, **kwargs):
         if self.choose(kwargs) == "pallas":
