@@ -35,6 +35,17 @@ def _check_cudnn(return_probs: bool, dropout_active: bool, head_mask) -> None:
                          "apply) or 'xla'")
 
 
+def check_qkv(query: Array, key: Array, value: Array) -> None:
+    """The shapes every kernel takes: ``query [B, Lq, H, D]``, ``key``/``value [B, Lk, H, D]``."""
+    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+        raise ValueError(
+            f"attention expects [batch, length, heads, head_dim] arrays, got query {query.shape}, "
+            f"key {key.shape}, value {value.shape}"
+        )
+    if key.shape != value.shape or query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
+        raise ValueError(f"attention shapes disagree: query {query.shape}, key {key.shape}, value {value.shape}")
+
+
 def _full_scores(x: Array | None, query: Array, key: Array) -> Array | None:
     """``x`` (a mask or bias broadcastable to ``[B, H, Lq, Lk]``) as 4-d with full ``Lq, Lk``.
 
@@ -99,13 +110,7 @@ def dot_product_attention(
         (a ValueError if dropout in training, ``head_mask`` or ``return_probs`` is asked for,
         which cuDNN's fused kernel cannot do).
     """
-    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
-        raise ValueError(
-            f"attention expects [batch, length, heads, head_dim] arrays, got query {query.shape}, "
-            f"key {key.shape}, value {value.shape}"
-        )
-    if key.shape != value.shape or query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
-        raise ValueError(f"attention shapes disagree: query {query.shape}, key {key.shape}, value {value.shape}")
+    check_qkv(query, key, value)
     head_dim = query.shape[-1]
     scale = head_dim**-0.5 if scale is None else scale
     dropout_active = dropout_rate > 0.0 and not deterministic

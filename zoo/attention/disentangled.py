@@ -62,6 +62,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.attention.dense import check_qkv
+
 Array = jax.Array
 
 POS_ATT_TYPES = ("c2p", "p2c")
@@ -732,13 +734,7 @@ def disentangled_attention(
     Returns:
       ``(out [B, Lq, H, D], probs [B, H, Lq, Lk] or None)``.
     """
-    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
-        raise ValueError(
-            f"attention expects [batch, length, heads, head_dim] arrays, got query {query.shape}, "
-            f"key {key.shape}, value {value.shape}"
-        )
-    if key.shape != value.shape or query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
-        raise ValueError(f"attention shapes disagree: query {query.shape}, key {key.shape}, value {value.shape}")
+    check_qkv(query, key, value)
     if scale is not None:
         raise ValueError(
             "disentangled_attention fixes the scale to HF's sqrt(head_dim * scale_factor); pass scale=None"

@@ -539,12 +539,8 @@ def block_sparse_flash_attention(
     """
     if bias is not None:
         raise ValueError("block-sparse attention does not take a dense score bias")
-    if return_probs:
-        raise ValueError("the fused block-sparse kernel never forms attention probabilities; "
-                         "use zoo.attention.block_sparse.block_sparse_attention for return_probs=True")
-    if dropout_rate > 0.0 and not deterministic:
-        raise ValueError("the fused block-sparse kernel has no attention dropout (HF's block-sparse layer has "
-                         "none); pass dropout_rate=0 or deterministic=True")
+    ps.refuse_unfused("block_sparse_flash_attention", return_probs=return_probs, dropout_rate=dropout_rate,
+                      deterministic=deterministic)  # (HF's block-sparse layer has no attention dropout anyway)
     ps.check_backend(backend)
     if driver not in DRIVERS:
         raise ValueError(f"driver must be one of {DRIVERS}, got {driver!r}")

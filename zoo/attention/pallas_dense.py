@@ -34,7 +34,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plgpu_triton
 
-from zoo.attention.pallas_support import by_platform, check_backend, interpret_flag, pad_axis, round_up
+from zoo.attention.dense import check_qkv
+from zoo.attention.pallas_support import (by_platform, check_backend, interpret_flag, pad_axis, refuse_unfused,
+                                          round_up)
 
 Array = jax.Array
 
@@ -463,19 +465,9 @@ def flash_attention(
     not broadcastable to ``[B, H, 1, 1]``.
     """
     del dropout_rng
-    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
-        raise ValueError(
-            f"attention expects [batch, length, heads, head_dim] arrays, got query {query.shape}, "
-            f"key {key.shape}, value {value.shape}"
-        )
-    if key.shape != value.shape or query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
-        raise ValueError(f"attention shapes disagree: query {query.shape}, key {key.shape}, value {value.shape}")
-    if return_probs:
-        raise ValueError("flash_attention cannot return the attention probabilities (return_probs / "
-                         "output_attentions): the fused kernel never forms them; use the XLA kernel")
-    if dropout_rate > 0.0 and not deterministic:
-        raise ValueError("flash_attention does not do attention dropout in training (dropout_rate > 0 with "
-                         "deterministic=False); use the XLA kernel")
+    check_qkv(query, key, value)
+    refuse_unfused("flash_attention", return_probs=return_probs, dropout_rate=dropout_rate,
+                   deterministic=deterministic)
     check_backend(backend)
     b, lq, h, d = query.shape
     lk = key.shape[1]

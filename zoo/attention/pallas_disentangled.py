@@ -62,7 +62,9 @@ from zoo.attention.disentangled import (
     _check_pos,
     make_log_bucket_position,
 )
-from zoo.attention.pallas_support import by_platform, check_backend, interpret_flag, pad_axis, round_up
+from zoo.attention.dense import check_qkv
+from zoo.attention.pallas_support import (by_platform, check_backend, interpret_flag, pad_axis, refuse_unfused,
+                                          round_up)
 
 Array = jax.Array
 NEG = float(np.finfo(np.float32).min)
@@ -604,20 +606,11 @@ def disentangled_flash_attention(
     check_backend(backend)
     if driver is not None and driver not in DRIVERS:
         raise ValueError(f"driver {driver!r} is not one of {DRIVERS}")
-    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
-        raise ValueError(
-            f"attention expects [batch, length, heads, head_dim] arrays, got query {query.shape}, "
-            f"key {key.shape}, value {value.shape}")
-    if key.shape != value.shape or query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
-        raise ValueError(f"attention shapes disagree: query {query.shape}, key {key.shape}, value {value.shape}")
+    check_qkv(query, key, value)
     if scale is not None:
         raise ValueError("disentangled attention fixes the scale to HF's sqrt(head_dim * scale_factor); pass scale=None")
-    if return_probs:
-        raise ValueError("disentangled_flash_attention cannot return the attention probabilities (it never forms "
-                         "them); use the XLA kernel (attention_kernel='xla') for output_attentions")
-    if dropout_rate > 0.0 and not deterministic:
-        raise ValueError("disentangled_flash_attention has no attention dropout; use the XLA kernel for training "
-                         "with attention_dropout > 0")
+    refuse_unfused("disentangled_flash_attention", return_probs=return_probs, dropout_rate=dropout_rate,
+                   deterministic=deterministic)
     if bias is not None:
         raise ValueError("disentangled_flash_attention takes no additive bias; use the XLA kernel")
     types = tuple(pos_att_type or ())

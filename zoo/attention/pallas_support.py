@@ -52,6 +52,17 @@ def by_platform(launch: Callable[..., object], *args, backend: str | None = None
     )
 
 
+def refuse_unfused(kernel: str, *, return_probs: bool, dropout_rate: float, deterministic: bool) -> None:
+    """What no fused kernel does: return the probabilities (it never forms them) or attention
+    dropout in training. A ValueError naming ``kernel`` and what was asked."""
+    if return_probs:
+        raise ValueError(f"{kernel} cannot return the attention probabilities (return_probs / output_attentions): "
+                         "the fused kernel never forms them; use the XLA kernel (attention_kernel='xla')")
+    if dropout_rate > 0.0 and not deterministic:
+        raise ValueError(f"{kernel} has no attention dropout in training (dropout_rate > 0 with "
+                         "deterministic=False); use the XLA kernel (attention_kernel='xla')")
+
+
 def interpret_flag(backend: str) -> bool:
     """The ``interpret=`` argument of ``pl.pallas_call`` for a backend."""
     return backend == "interpret"
@@ -83,4 +94,5 @@ def export_for(fn: Callable, platform: str, *args, **kwargs) -> jax.export.Expor
     return jax.export.export(jax.jit(fn, **kwargs), platforms=(platform,), disabled_checks=disabled)(*args)
 
 
-__all__ = ["BACKENDS", "by_platform", "check_backend", "export_for", "interpret_flag", "pad_axis", "round_up"]
+__all__ = ["BACKENDS", "by_platform", "check_backend", "export_for", "interpret_flag", "pad_axis", "refuse_unfused",
+           "round_up"]
