@@ -27,8 +27,8 @@ skipped; other keys are ignored)::
 
 * ``input_ids``: token ids as the model takes them (special tokens included), each in
   ``[0, config.vocab_size)``. ``text``: tokenized with ``tokenizer.json`` from
-  ``checkpoint_dir`` (else the one next to PATH) by the ``tokenizers`` package, special
-  tokens added by its post-processor, exactly like HF's fast tokenizer
+  ``checkpoint_dir`` (else the one next to PATH) by :class:`zoo.preprocessing.Tokenizer`
+  (with its ``tokenizer_config.json``), special tokens added, exactly like HF's fast tokenizer
   (``tokenizer(text).input_ids``, e.g. ``<s> ... </s>`` for RoBERTa). A row has one of the
   two keys, not both; files may mix them.
 * ``label``: an integer class id or a string class name, the same kind on every row.
@@ -268,16 +268,16 @@ def load_text_classification(path: str | os.PathLike, *, checkpoint_dir: str | o
     tokenizer = None
     if texts:
         tokenizer, tok_file = _text_tokenizer(path, checkpoint_dir)
-        encodings = tokenizer.encode_batch([t for _, t in texts])
-        for (row, _), enc in zip(texts, encodings):
+        encodings = tokenizer([t for _, t in texts])["input_ids"]
+        for (row, _), ids in zip(texts, encodings):
             where = f"{path}:{rows[row][0]}"
-            if not enc.ids:
+            if not ids:
                 raise DataError(f"{where}: the text gives no tokens with {tok_file}")
-            bad = [t for t in enc.ids if t >= vocab_size]
+            bad = [t for t in ids if t >= vocab_size]
             if bad:
                 raise DataError(f"{where}: {tok_file} gives token id {bad[0]}, out of range for the model's "
                                 f"vocabulary (vocab_size={vocab_size}); is it the checkpoint's tokenizer?")
-            sequences[row] = np.asarray(enc.ids, np.int32)
+            sequences[row] = np.asarray(ids, np.int32)
 
     # Sequence length.
     cap = max_text_length(config)
@@ -297,13 +297,13 @@ def load_text_classification(path: str | os.PathLike, *, checkpoint_dir: str | o
         to_encode = [row for row in long_rows if row in text_rows]
         if to_encode:
             try:
-                tokenizer.enable_truncation(length)
-                encodings = tokenizer.encode_batch([text_rows[r] for r in to_encode])
+                encodings = tokenizer([text_rows[r] for r in to_encode], truncation=True,
+                                      max_length=length)["input_ids"]
             except Exception as e:  # e.g. the special tokens alone are longer than `length`
                 raise DataError(f"{path}: cannot truncate the text rows to {length} tokens with {tok_file} "
                                 f"({str(e).strip()[:200]})") from None
-            for row, enc in zip(to_encode, encodings):
-                sequences[row] = np.asarray(enc.ids, np.int32)
+            for row, ids in zip(to_encode, encodings):
+                sequences[row] = np.asarray(ids, np.int32)
         for row in long_rows:
             if row not in text_rows:
                 s = sequences[row]

@@ -8,6 +8,7 @@
 * :func:`image_processor_for`, :func:`audio_feature_extractor_for`, :func:`ctc_decoder_for`,
   :func:`text_tokenizer_for` -- the preprocessors of a checkpoint directory (one place for the
   CLI, fine-tuning data and users); :func:`pad_token_sequences`, :func:`tokenize_texts`.
+* :class:`Tokenizer` -- HF's fast tokenizer of a checkpoint (``tokenizer.json`` + configs).
 * :func:`top_labels`, :func:`label_shares` -- classifier and segmentation post-processing.
 """
 
@@ -24,9 +25,10 @@ from zoo.preprocessing.from_checkpoint import (
 )
 from zoo.preprocessing.image import BeitImageProcessor, load_image, segmentation_to_png
 from zoo.preprocessing.postprocess import label_shares, softmax, top_labels
+from zoo.preprocessing.tokenizer import Tokenizer
 from zoo.preprocessing.wav import WavError, read_wav, to_mono, write_wav
 
-__all__ = ["AudioFeatureExtractor", "BeitImageProcessor", "CLIPImageProcessor", "CTCDecoder", "WavError", "read_wav",
+__all__ = ["Tokenizer", "AudioFeatureExtractor", "BeitImageProcessor", "CLIPImageProcessor", "CTCDecoder", "WavError", "read_wav",
            "to_mono", "write_wav", "load_image", "segmentation_to_png", "audio_feature_extractor_for",
            "ctc_decoder_for", "image_processor_for", "pad_token_sequences", "text_tokenizer_for", "tokenize_texts",
            "label_shares", "softmax", "top_labels"]

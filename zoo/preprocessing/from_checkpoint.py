@@ -3,10 +3,10 @@
     processor = image_processor_for(directory, config)     # BEiT's, or CLIP's for GroupViT
     extractor = audio_feature_extractor_for(directory)     # preprocessor_config.json, else defaults
     decoder = ctc_decoder_for(directory)                   # vocab.json (+ tokenizer configs)
-    tokenizer, file = text_tokenizer_for(directory)        # tokenizer.json, with the `tokenizers` package
+    tokenizer, file = text_tokenizer_for(directory)        # Tokenizer: tokenizer.json + tokenizer_config.json
     ids, mask = pad_token_sequences(sequences, pad_token_id)
 
-numpy + stdlib; ``tokenizers`` is imported when a tokenizer is asked for (optional).
+numpy + stdlib; ``tokenizers`` is imported when a tokenizer is loaded.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from zoo.preprocessing.clip_image import CLIPImageProcessor
 from zoo.preprocessing.config_file import PREPROCESSOR_CONFIG_NAME
 from zoo.preprocessing.ctc_decode import VOCAB_NAME, CTCDecoder
 from zoo.preprocessing.image import BeitImageProcessor
-
-TOKENIZER_FILE = "tokenizer.json"
+from zoo.preprocessing.tokenizer import TOKENIZER_FILE, Tokenizer
 
 
 def image_processor_for(directory: str | os.PathLike | None, config):
@@ -70,9 +69,9 @@ def find_tokenizer_file(directories: Sequence[str | os.PathLike | None]) -> Path
 
 
 def text_tokenizer_for(directories: str | os.PathLike | Sequence[str | os.PathLike | None], *, hint: str = ""):
-    """``(tokenizer, tokenizer_file)``: the first ``tokenizer.json`` of ``directories`` loaded with the
-    ``tokenizers`` package (HF's fast tokenizer: its post-processor adds the special tokens),
-    with padding and truncation off.
+    """``(tokenizer, tokenizer_file)``: :class:`~zoo.preprocessing.tokenizer.Tokenizer` (HF's fast
+    tokenizer: ``tokenizer.json`` with the ``tokenizer_config.json`` next to it) of the first of
+    ``directories`` that has a ``tokenizer.json``.
 
     hint: appended to the errors (what to do instead). FileNotFoundError when no directory
     has one, ValueError for an unreadable file.
@@ -84,15 +83,10 @@ def text_tokenizer_for(directories: str | os.PathLike | Sequence[str | os.PathLi
     if tok_file is None:
         looked = " and ".join(str(d) for d in directories if d is not None) or "no directory"
         raise FileNotFoundError(f"no {TOKENIZER_FILE} (looked in {looked}){suffix}")
-    from tokenizers import Tokenizer  # a declared dependency, imported when a tokenizer is needed
-
     try:
-        tokenizer = Tokenizer.from_file(str(tok_file))
-    except Exception as e:
-        raise ValueError(f"{tok_file}: not a readable tokenizers file ({type(e).__name__}: "
-                         f"{str(e).strip()[:200]})") from None
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
+        tokenizer = Tokenizer.from_pretrained(tok_file.parent)
+    except ValueError as e:
+        raise ValueError(f"{e}{suffix}") from None
     return tokenizer, tok_file
 
 
@@ -115,7 +109,7 @@ def tokenize_texts(directory: str | os.PathLike, texts: Sequence[str], pad_token
     """``texts`` tokenized with the checkpoint's ``tokenizer.json`` (special tokens added), as
     padded ``(input_ids, attention_mask)`` (e.g. GroupViT's zero-shot label prompts)."""
     tokenizer, _ = text_tokenizer_for(directory, hint=hint)
-    return pad_token_sequences([e.ids for e in tokenizer.encode_batch(list(texts))], pad_token_id)
+    return pad_token_sequences(tokenizer(list(texts))["input_ids"], pad_token_id)
 
 
 __all__ = ["TOKENIZER_FILE", "audio_feature_extractor_for", "ctc_decoder_for", "find_tokenizer_file",
