@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from benchmarks import convert_memory, decode, forward, kernels, train_throughput
+from benchmarks import convert_memory, forward, idefics_decode, kernels, train_throughput
 
 
 
@@ -55,16 +55,16 @@ def test_forward_tiny(family, tmp_path):
         assert w["within_parity_contract"] or (family, w["workload"]) == ("groupvit", "seg")
 
 
-def test_decode_tiny(tmp_path):
-    decode.main(["--tiny", "--out", str(tmp_path)])
-    data = _results(tmp_path, "decode_idefics_tiny")
-    assert data["benchmark"] == "decode" and data["tiny"] and data["dtype"] == "float32"
+def test_idefics_decode_tiny(tmp_path):
+    idefics_decode.main(["--tiny", "--out", str(tmp_path)])
+    data = _results(tmp_path, "idefics_decode_tiny")
+    assert data["benchmark"] == "idefics_decode" and data["tiny"] and data["dtype"] == "float32"
     for impl in ("zoo", "hf_sdpa"):
         c = data["checks"][f"{impl} vs hf_eager"]
         assert max(c["prefill_logits"], c["image_hidden_states"], c["decode_logits"]) < 1e-5, c
         assert c["greedy_agreement"] == 1.0
     for name, n in (("prefill", data["workloads"]["prefill"]), ("decode", data["workloads"]["decode"])):
-        _check_timings(n["timings"], decode.IMPLS, repeats=3 if name == "prefill" else data["steps"])
+        _check_timings(n["timings"], idefics_decode.IMPLS, repeats=3 if name == "prefill" else data["steps"])
         assert isinstance(n["quiet"], bool)
     assert all(v > 0 for v in data["decode_tokens_per_s"].values())
     assert data["compile"]["prefill"]["compile_s"] > 0 and data["compile"]["decode_step"]["compile_s"] > 0

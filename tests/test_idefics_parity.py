@@ -248,6 +248,51 @@ def test_greedy_generation_equals_hf_generate():
     assert (np.asarray(got.sequences)[0, 6 + 3:] == 0).all()
 
 
+def test_decoding_with_cached_image_keys_values():
+    """The prefill's ``cross_attention_kv`` (image keys after k_layer_norm, values) passed to the
+    steps by ``decode_inputs`` = projecting the images at every step, logit for logit; the steps
+    then read no k_proj/v_proj weight (zeroed: same logits); greedy ``generate`` = HF's."""
+    from zoo.generation import generate
+
+    hf = build(use_resampler=True, qk_layer_norms=True, cross_layer_interval=2, num_hidden_layers=4)
+    module, params = to_zoo(hf)
+    x = inputs(length=6)
+    prompt, total = 6, 10
+    mask = np.zeros((2, total), np.int64)
+    mask[:, :prompt] = x["attention_mask"]
+    call = jax.jit(lambda p, c, m, inp: module.apply(p, past_key_values=c, attention_mask=m, **inp))
+    first = {k: v for k, v in x.items() if k != "attention_mask"}
+    o = call(params, module.init_cache(2, total), mask, first)
+    cached = module.decode_inputs(o, first)
+    assert len(cached["cross_attention_kv"]) == 2 and cached["cross_attention_kv"][0][0].shape == (2, 2 * 3, 2, 8)
+    plain = {k: v for k, v in cached.items() if k != "cross_attention_kv"}
+    no_kv = jax.tree.map(lambda a: a, params)
+    for layer in no_kv["params"]["model"].values():
+        if "cross_attn" in layer:
+            for name in ("k_proj", "v_proj", "k_layer_norm"):
+                layer["cross_attn"][name] = jax.tree.map(np.zeros_like, layer["cross_attn"][name])
+    states = {"cached": o.past_key_values, "plain": o.past_key_values, "zeroed": o.past_key_values}
+    token = np.asarray(o.logits[:, -1]).argmax(-1)[:, None]
+    for t in range(prompt, total):
+        mask[:, t] = 1
+        logits = {}
+        for name, p, inp in (("cached", params, cached), ("plain", params, plain), ("zeroed", no_kv, cached)):
+            step = call(p, states[name], mask, dict(inp, input_ids=token))
+            states[name], logits[name] = step.past_key_values, np.asarray(step.logits[:, -1])
+            assert (step.cross_attention_kv is None) == (name != "plain")  # passed in: not returned again
+        assert max_diff(logits["cached"], logits["plain"]) <= 1e-5, t
+        np.testing.assert_array_equal(logits["cached"], logits["zeroed"])
+        token = logits["plain"].argmax(-1)[:, None]
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        ref = hf.generate(**torch_inputs(x), **kwargs).numpy()
+    got = generate(module, params, x["input_ids"], x["attention_mask"],
+                   image_attention_mask=x["image_attention_mask"], pixel_values=x["pixel_values"], **kwargs)
+    np.testing.assert_array_equal(np.asarray(got.sequences)[:, :ref.shape[1]], ref)
+    with pytest.raises(ValueError, match="cross_attention_kv must be 2"):
+        module.apply(params, **dict(plain, input_ids=token), cross_attention_kv=cached["cross_attention_kv"][:1])
+
+
 IDEFICS_MESH_SCRIPT = """
 import json
 import jax, numpy as np

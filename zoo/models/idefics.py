@@ -10,7 +10,9 @@ Decoding: ``model.init_cache(batch, max_length)`` gives a fixed-size cache of th
 self-attention (one compilation for every step; ``attention_mask`` then spans
 ``max_length``). The image states of the first call (``image_hidden_states``) are passed
 back as ``image_encoder_embeddings`` / ``perceiver_embeddings`` afterwards, so the vision
-tower runs once per generation (:meth:`IdeficsForVisionText2Text.decode_inputs`).
+tower runs once per generation, and the image keys/values of every gated cross-attention
+layer (``cross_attention_kv`` of the first call's output, an input of the later ones), so no
+step projects the images again (:meth:`IdeficsForVisionText2Text.decode_inputs`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -363,7 +366,10 @@ class IdeficsAttention(nn.Module):
     """Self-attention with rotary positions and a KV cache, or cross-attention to the image
     states (``key_value_states``, no rotary; optional RMSNorm on q and k: ``qk_layer_norms``).
 
-    ``[B, L, E]`` -> (``[B, L, E]``, probs ``[B, H, L, Lk]`` or None, updated ``(k, v)`` cache or None).
+    ``[B, L, E]`` -> (``[B, L, E]``, probs ``[B, H, L, Lk]`` or None, ``(k, v)``: the updated
+    cache of self-attention (None without one), the image keys (k-normed) and values
+    ``[B, N*S, H, D]`` of cross-attention). Cross-attention given ``cross_kv`` (those of an
+    earlier call) projects only the queries.
     """
 
     config: IdeficsConfig
@@ -376,19 +382,29 @@ class IdeficsAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, *, key_value_states: Array | None = None,
                  cos_sin: tuple[Array, Array] | None = None, cache: tuple[Array, Array] | None = None,
-                 cache_index: Array | None = None, deterministic: bool = True, output_attentions: bool = False):
+                 cache_index: Array | None = None, cross_kv: tuple[Array, Array] | None = None,
+                 deterministic: bool = True, output_attentions: bool = False):
         cfg = self.config
         kw = dict(std=cfg.initializer_range, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-        q, k, v = QKVProjection(cfg.num_attention_heads, cfg.head_dim, QKV_PROJ, False, std=cfg.initializer_range,
-                                dtype=self.dtype, param_dtype=self.param_dtype)(x, key_value_states)
-        if not self.is_cross_attention:
-            q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
+        qkv = QKVProjection(cfg.num_attention_heads, cfg.head_dim, QKV_PROJ, False, std=cfg.initializer_range,
+                            dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, "kv", self.dtype, self.param_dtype, name=name)
+        if cross_kv is not None:  # the image keys (k-normed) and values of an earlier call
+            q_proj, _, _ = qkv.layers()
+            q, (k, v) = qkv.split(q_proj(x)), cross_kv
+            if self.qk_layer_norms:
+                q = norm("q_layer_norm")(q)
+        else:
+            q, k, v = qkv(x, key_value_states)
+            if not self.is_cross_attention:
+                q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
+            if self.qk_layer_norms:
+                q, k = norm("q_layer_norm")(q), norm("k_layer_norm")(k)
         new_cache = None
         if cache is not None:
             k, v = new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_index)
-        if self.qk_layer_norms:
-            norm = lambda name: RMSNorm(cfg.rms_norm_eps, "kv", self.dtype, self.param_dtype, name=name)
-            q, k = norm("q_layer_norm")(q), norm("k_layer_norm")(k)
+        elif self.is_cross_attention:
+            new_cache = (k, v)
         rng = self.make_rng("dropout") if (not deterministic and cfg.dropout > 0) else None
         o, probs = self.attention_fn(q, k, v, mask=mask, dropout_rate=cfg.dropout, dropout_rng=rng,
                                      deterministic=deterministic, return_probs=output_attentions)
@@ -438,21 +454,22 @@ class IdeficsGatedCrossAttentionLayer(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, images, image_mask, gate, deterministic=True):
+    def __call__(self, x, images, image_mask, gate, deterministic=True, cross_kv=None):
+        """-> (``[B, L, E]``, the image ``(keys, values)`` ``[B, N*S, H, D]``: ``cross_kv`` when given)."""
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         shape = (1,) if cfg.alpha_type == "float" else (1, 1, cfg.hidden_size)
         alpha_attn = self.param("alpha_cross_attn", _alpha_init(cfg), shape, self.param_dtype)
         alpha_dense = self.param("alpha_dense", _alpha_init(cfg), shape, self.param_dtype)
         drop = nn.Dropout(cfg.dropout)
-        h, _, _ = IdeficsAttention(cfg, True, cfg.qk_layer_norms, self.attention_fn, name="cross_attn", **kw)(
+        h, _, kv = IdeficsAttention(cfg, True, cfg.qk_layer_norms, self.attention_fn, name="cross_attn", **kw)(
             RMSNorm(cfg.rms_norm_eps, name="input_layernorm", **kw)(x), image_mask, key_value_states=images,
-            deterministic=deterministic)
+            cross_kv=cross_kv, deterministic=deterministic)
         h = jnp.where(gate[:, :, None], drop(h, deterministic=deterministic), 0.0)
         x = x + jnp.tanh(alpha_attn).astype(h.dtype) * h
         h = GatedMLP(cfg.intermediate_size, cfg.hidden_act, cfg.initializer_range, name="mlp", **kw)(
             RMSNorm(cfg.rms_norm_eps, name="post_attention_layernorm", **kw)(x))
-        return x + jnp.tanh(alpha_dense).astype(h.dtype) * drop(h, deterministic=deterministic)
+        return x + jnp.tanh(alpha_dense).astype(h.dtype) * drop(h, deterministic=deterministic), kv
 
 
 class IdeficsDecoupledEmbedding(nn.Module):
@@ -526,6 +543,31 @@ def _image_inputs(cfg: IdeficsConfig, pixel_values, image_encoder_embeddings, pe
     return given[0], value
 
 
+@flax.struct.dataclass
+class IdeficsBaseModelOutputWithPast(out.IdeficsBaseModelOutputWithPast):
+    """HF's fields, plus ``cross_attention_kv``: per gated cross-attention layer the image
+    ``(keys, values)`` ``[B, N*S, H, D]`` (keys after ``k_layer_norm``), returned when decoding
+    with a cache (``use_cache`` and ``past_key_values``) and not given, for the later steps."""
+
+    cross_attention_kv: tuple | None = None
+
+
+@flax.struct.dataclass
+class IdeficsCausalLMOutputWithPast(out.IdeficsCausalLMOutputWithPast):
+    """HF's fields, plus ``cross_attention_kv`` (see :class:`IdeficsBaseModelOutputWithPast`)."""
+
+    cross_attention_kv: tuple | None = None
+
+
+def _check_cross_kv(cfg: IdeficsConfig, cross_kv, batch: int, image_keys: int):
+    want = (batch, image_keys, cfg.num_attention_heads, cfg.head_dim)
+    if (not isinstance(cross_kv, (tuple, list)) or len(cross_kv) != cfg.num_cross_layers
+            or any(len(kv) != 2 or any(jnp.shape(a) != want for a in kv) for kv in cross_kv)):
+        shapes = jax.tree.map(jnp.shape, cross_kv) if isinstance(cross_kv, (tuple, list)) else type(cross_kv)
+        raise ValueError(f"cross_attention_kv must be {cfg.num_cross_layers} (keys, values) pairs of shape {want} "
+                         f"(batch, images * image length, heads, head_dim), got {shapes}")
+
+
 class IdeficsModel(PretrainedModule):
     """The decoder with its vision encoder and (optional) perceiver resampler.
 
@@ -533,7 +575,9 @@ class IdeficsModel(PretrainedModule):
     max_length]`` with a cache), exactly one of ``pixel_values [B, N, C, H, W]``,
     ``image_encoder_embeddings [B, N, S, Dv]`` or ``perceiver_embeddings [B, N, latents, Dv]``,
     and ``image_attention_mask [B, L, N]`` (1: the token may attend to image n; default: all
-    images). Output ``image_hidden_states [B, N, S', Dv]``: what the text attended to.
+    images); when decoding, ``cross_attention_kv`` (an earlier call's, see
+    :class:`IdeficsBaseModelOutputWithPast`) instead of projecting the images again.
+    Output ``image_hidden_states [B, N, S', Dv]``: what the text attended to.
     """
 
     config: IdeficsConfig
@@ -583,7 +627,7 @@ class IdeficsModel(PretrainedModule):
                  image_encoder_embeddings=None, perceiver_embeddings=None, image_attention_mask=None,
                  use_cache: bool | None = None, interpolate_pos_encoding: bool = False,
                  output_attentions: bool = False, output_hidden_states: bool = False,
-                 deterministic: bool = True) -> out.IdeficsBaseModelOutputWithPast:
+                 deterministic: bool = True, cross_attention_kv=None) -> IdeficsBaseModelOutputWithPast:
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -629,13 +673,19 @@ class IdeficsModel(PretrainedModule):
         image_mask = image_keys[:, None]
         gate = image_keys.any(axis=-1)
         flat_images = images.reshape(batch, num_images * image_len, images.shape[-1])
+        if cross_attention_kv is not None:
+            _check_cross_kv(cfg, cross_attention_kv, batch, num_images * image_len)
+        new_cross_kv = []
 
         cos_sin = rotary_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, self.dtype)
         hidden_states, attentions, new_keys, new_values = [], [], [], []
         for i, layer in enumerate(self.layers):
             if i % cfg.cross_layer_interval == 0:
-                x = self.gated_cross_attn_layers[i // cfg.cross_layer_interval](
-                    x, flat_images, image_mask, gate, deterministic)
+                j = i // cfg.cross_layer_interval
+                x, kv = self.gated_cross_attn_layers[j](
+                    x, flat_images, image_mask, gate, deterministic,
+                    None if cross_attention_kv is None else tuple(cross_attention_kv[j]))
+                new_cross_kv.append(kv)
             if i == 0:  # HF's hidden states: the first decoder layer's input, then each layer's output
                 hidden_states.append(x)
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
@@ -648,10 +698,11 @@ class IdeficsModel(PretrainedModule):
         x = self.norm(x)
         hidden_states[-1] = x  # the last one after the final norm
         new_cache = kv_cache.KVCache(tuple(new_keys), tuple(new_values), cache.length + length) if cache else None
-        return out.IdeficsBaseModelOutputWithPast(
+        return IdeficsBaseModelOutputWithPast(
             last_hidden_state=x, past_key_values=new_cache,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
-            attentions=tuple(attentions) if output_attentions else None, image_hidden_states=images)
+            attentions=tuple(attentions) if output_attentions else None, image_hidden_states=images,
+            cross_attention_kv=tuple(new_cross_kv) if cache is not None and cross_attention_kv is None else None)
 
     @staticmethod
     def dummy_inputs(config: IdeficsConfig) -> dict:
@@ -692,25 +743,32 @@ class IdeficsForVisionText2Text(PretrainedModule):
                  inputs_embeds=None, pixel_values=None, image_encoder_embeddings=None, perceiver_embeddings=None,
                  image_attention_mask=None, labels=None, use_cache: bool | None = None,
                  interpolate_pos_encoding: bool = False, logits_to_keep: int = 0, output_attentions: bool = False,
-                 output_hidden_states: bool = False, deterministic: bool = True) -> out.IdeficsCausalLMOutputWithPast:
+                 output_hidden_states: bool = False, deterministic: bool = True,
+                 cross_attention_kv=None) -> IdeficsCausalLMOutputWithPast:
         o = self.model(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, pixel_values,
                        image_encoder_embeddings, perceiver_embeddings, image_attention_mask, use_cache,
-                       interpolate_pos_encoding, output_attentions, output_hidden_states, deterministic)
+                       interpolate_pos_encoding, output_attentions, output_hidden_states, deterministic,
+                       cross_attention_kv)
         hidden = o.last_hidden_state if not logits_to_keep else o.last_hidden_state[:, -logits_to_keep:]
         logits = self.logits(hidden)
         loss = None if labels is None else causal_lm_loss(logits, jnp.asarray(labels))
-        return out.IdeficsCausalLMOutputWithPast(
+        return IdeficsCausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=o.past_key_values, hidden_states=o.hidden_states,
-            attentions=o.attentions, image_hidden_states=o.image_hidden_states)
+            attentions=o.attentions, image_hidden_states=o.image_hidden_states,
+            cross_attention_kv=o.cross_attention_kv)
 
     def decode_inputs(self, outputs, model_inputs: dict) -> dict:
         """Inputs of the single-token steps after the first call (``zoo.generation``): the image
-        states computed once, and the last row of ``image_attention_mask`` (HF's rule)."""
+        states computed once, the image keys/values of every gated cross-attention layer
+        (``cross_attention_kv``, when ``outputs`` carry them: then no step projects the images)
+        and the last row of ``image_attention_mask`` (HF's rule)."""
         inputs = {k: v for k, v in model_inputs.items()
                   if k not in ("pixel_values", "image_encoder_embeddings", "perceiver_embeddings")}
         key = "perceiver_embeddings" if self.config.use_resampler else "image_encoder_embeddings"
         inputs[key] = outputs.image_hidden_states
         inputs.pop("interpolate_pos_encoding", None)
+        if getattr(outputs, "cross_attention_kv", None) is not None:
+            inputs["cross_attention_kv"] = outputs.cross_attention_kv
         if inputs.get("image_attention_mask") is not None:
             inputs["image_attention_mask"] = jnp.asarray(inputs["image_attention_mask"])[:, -1:]
         return inputs

@@ -1,8 +1,8 @@
 """IDEFICS (~1B parameters) generation: prefill and per-token latency, zoo (jax.jit) vs HF PyTorch.
 
-    python -m benchmarks.decode [--prompt 128 --steps 16 --repeats 5 --attempts 2 --quiet-wait 300]
-    python -m benchmarks.decode --tiny --no-write                      # seconds: smoke test
-    python -m benchmarks.decode --device gpu --dtype bfloat16          # bf16 tokens/s on a GPU
+    python -m benchmarks.idefics_decode [--prompt 128 --steps 16 --repeats 5 --attempts 2 --quiet-wait 300]
+    python -m benchmarks.idefics_decode --tiny --no-write                      # seconds: smoke test
+    python -m benchmarks.idefics_decode --device gpu --dtype bfloat16          # bf16 tokens/s on a GPU
 
 ``IdeficsForVisionText2Text``: decoder hidden 2048, intermediate 5632, 12 layers, 16 heads,
 vocab 32000 + 2, untied LM head, gated cross-attention every 4th layer; CLIP vision tower
@@ -270,9 +270,9 @@ def main(argv=None) -> dict:
            "- zoo compile (s): " + "; ".join(f"{k} " + ", ".join(f"{f} {v:.2f}" for f, v in c.items())
                                              for k, c in r["compile"].items()),
            *[f"- {w}: " + harness.load_note(v["load"]) for w, v in r["workloads"].items()]]
-    name = args.name or "decode_idefics" + ("_tiny" if args.tiny else "") + (
+    name = args.name or "idefics_decode" + ("_tiny" if args.tiny else "") + (
         "" if args.device_used == "cpu" else f"_{args.device_used}_{args.dtype}")
-    payload = {"argv": argv, "module": "benchmarks.decode", "benchmark": "decode", "tiny": args.tiny, "device": args.device_used,
+    payload = {"argv": argv, "module": "benchmarks.idefics_decode", "benchmark": "idefics_decode", "tiny": args.tiny, "device": args.device_used,
                "dtype": args.dtype, "tolerance": args.tolerance, "steps": args.steps, "prompt": args.prompt,
                "weights": "HF random init, constants randomized, gates N(0, 1), converted with zoo.from_state_dict",
                **r}
