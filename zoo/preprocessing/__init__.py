@@ -9,6 +9,8 @@
   :func:`text_tokenizer_for` -- the preprocessors of a checkpoint directory (one place for the
   CLI, fine-tuning data and users); :func:`pad_token_sequences`, :func:`tokenize_texts`.
 * :class:`Tokenizer` -- HF's fast tokenizer of a checkpoint (``tokenizer.json`` + configs).
+* :class:`IdeficsProcessor` / :class:`IdeficsImageProcessor` -- HF's IDEFICS processor: interleaved
+  text-and-image prompts -> ``input_ids``, ``pixel_values``, ``image_attention_mask``.
 * :func:`top_labels`, :func:`label_shares` -- classifier and segmentation post-processing.
 """
 
@@ -23,12 +25,13 @@ from zoo.preprocessing.from_checkpoint import (
     text_tokenizer_for,
     tokenize_texts,
 )
+from zoo.preprocessing.idefics import IdeficsImageProcessor, IdeficsProcessor
 from zoo.preprocessing.image import BeitImageProcessor, load_image, segmentation_to_png
 from zoo.preprocessing.postprocess import label_shares, softmax, top_labels
 from zoo.preprocessing.tokenizer import Tokenizer
 from zoo.preprocessing.wav import WavError, read_wav, to_mono, write_wav
 
-__all__ = ["Tokenizer", "AudioFeatureExtractor", "BeitImageProcessor", "CLIPImageProcessor", "CTCDecoder", "WavError", "read_wav",
+__all__ = ["Tokenizer", "IdeficsImageProcessor", "IdeficsProcessor", "AudioFeatureExtractor", "BeitImageProcessor", "CLIPImageProcessor", "CTCDecoder", "WavError", "read_wav",
            "to_mono", "write_wav", "load_image", "segmentation_to_png", "audio_feature_extractor_for",
            "ctc_decoder_for", "image_processor_for", "pad_token_sequences", "text_tokenizer_for", "tokenize_texts",
            "label_shares", "softmax", "top_labels"]
