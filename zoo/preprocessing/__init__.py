@@ -31,7 +31,7 @@ from zoo.preprocessing.postprocess import label_shares, softmax, top_labels
 from zoo.preprocessing.tokenizer import Tokenizer
 from zoo.preprocessing.wav import WavError, read_wav, to_mono, write_wav
 
-__all__ = ["Tokenizer", "IdeficsImageProcessor", "IdeficsProcessor", "AudioFeatureExtractor", "BeitImageProcessor", "CLIPImageProcessor", "CTCDecoder", "WavError", "read_wav",
-           "to_mono", "write_wav", "load_image", "segmentation_to_png", "audio_feature_extractor_for",
-           "ctc_decoder_for", "image_processor_for", "pad_token_sequences", "text_tokenizer_for", "tokenize_texts",
-           "label_shares", "softmax", "top_labels"]
+__all__ = ["AudioFeatureExtractor", "BeitImageProcessor", "CLIPImageProcessor", "CTCDecoder", "IdeficsImageProcessor",
+           "IdeficsProcessor", "Tokenizer", "WavError", "read_wav", "to_mono", "write_wav", "load_image",
+           "segmentation_to_png", "audio_feature_extractor_for", "ctc_decoder_for", "image_processor_for",
+           "pad_token_sequences", "text_tokenizer_for", "tokenize_texts", "label_shares", "softmax", "top_labels"]

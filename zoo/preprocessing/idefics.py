@@ -25,8 +25,9 @@ images are seen by nobody. Without any image in the batch it is all False, bool 
 Deliberate differences from HF: ``return_tensors`` is numpy (``"np"`` / None; HF builds torch
 tensors only); URLs and unknown objects are errors, not downloads or late crashes; a batch must
 be a list of prompts (lists), a prompt a flat list; a tokenizer without ``<image>`` or BOS is
-refused; one string is one text item (HF iterates its characters and drops every space). As in HF 5.23, ``add_end_of_utterance_token=None`` means False (5.23 looks for the token
-in ``special_tokens_map``, which no longer holds the extra special tokens).
+refused; one string is one text item (HF iterates its characters and drops every space). As in
+HF 5.23, ``add_end_of_utterance_token=None`` means False (5.23 looks for the token in
+``special_tokens_map``, which no longer holds the extra special tokens).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -143,7 +144,8 @@ class IdeficsProcessor:
             image_token = IMAGE_TOKEN
         self.image_token_id = tokenizer.backend_tokenizer.token_to_id(image_token) if image_token else None
         if self.image_token_id is None:
-            raise ValueError(f"the tokenizer has no {image_token or IMAGE_TOKEN!r} token; it is not an IDEFICS tokenizer")
+            raise ValueError(f"the tokenizer has no {image_token or IMAGE_TOKEN!r} token; it is not an IDEFICS "
+                             "tokenizer")
         if tokenizer.bos_token is None:
             raise ValueError("the tokenizer has no bos_token; IDEFICS prompts start with it")
         self.default_image_dims = (image_processor.image_num_channels, image_processor.image_size,
@@ -255,7 +257,9 @@ class IdeficsProcessor:
     def _prompt_text(self, sample, row: int, add_eou: bool) -> tuple[str, list]:
         """HF's loop over one prompt: its text (BOS + items + image tokens) and its images."""
         def image_tokens(last_was_image):
-            return IMAGE_TOKEN + FAKE_IMAGE_TOKEN if last_was_image else FAKE_IMAGE_TOKEN + IMAGE_TOKEN + FAKE_IMAGE_TOKEN
+            if last_was_image:
+                return IMAGE_TOKEN + FAKE_IMAGE_TOKEN
+            return FAKE_IMAGE_TOKEN + IMAGE_TOKEN + FAKE_IMAGE_TOKEN
 
         full_text = self.tokenizer.bos_token
         images = []
