@@ -33,6 +33,7 @@ TEXTS = [
     "",
     "Ünïcödé café 東京 🙂",
     "Don't stop , it 's fine .",
+    "mask <mask> and [MASK] , tokens <s> </s> [SEP] <|endoftext|> in text",
     "a photo of a red square and a blue circle and more words to make it long enough to truncate",
 ]
 
@@ -190,6 +191,23 @@ def test_rebuilding_classes_replace_the_file_pipeline(tmp_path):
     _same_as_hf(Tokenizer.from_pretrained(tmp_path), hf)
 
 
+def test_big_bird_raw_file_mask_strips_left(tmp_path):
+    """A Unigram file whose special tokens are only in the vocabulary: BigBird's __init__ adds
+    them, [MASK] with lstrip=True."""
+    tok = tokenizers.Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(
+        vocab_size=150, unk_token="<unk>", special_tokens=["<pad>", "</s>", "<s>", "<unk>", "[SEP]", "[MASK]", "[CLS]"]))
+    spec = json.loads(tok.to_str())
+    spec["added_tokens"] = []
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BigBirdTokenizer"}))
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = Tokenizer.from_pretrained(tmp_path)
+    _same_as_hf(ours, hf)
+    assert ours("hello [MASK] world")["input_ids"] == hf("hello [MASK] world")["input_ids"]
+
+
 def test_legacy_llama_file_gets_the_metaspace_pipeline(tmp_path):
     """An older Llama tokenizer.json (normalizer Prepend + Replace, no pre-tokenizer, as on the
     Hub for IDEFICS) with tokenizer_config "LlamaTokenizer": HF 5.23 rebuilds Metaspace."""
@@ -278,6 +296,10 @@ def test_errors_name_the_file(tmp_path):
     assert ours("a b c", truncation=True, max_length=1) == dict(hf("a b c", truncation=True, max_length=1))
     with pytest.raises(ValueError, match="max_length must be a non-negative integer"):
         ours("a", max_length=-1)
+    ours.padding_side = "left"
+    assert ours(["a", "a b"], padding=True)["attention_mask"][0][0] == 0
+    with pytest.raises(ValueError, match="padding_side must be 'left' or 'right'"):
+        ours.padding_side = "middle"
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "SomethingElseTokenizer"}))
     with pytest.warns(UserWarning, match="SomethingElseTokenizer"):
         Tokenizer.from_pretrained(tmp_path)

@@ -122,9 +122,6 @@ class Tokenizer:
         self.tokenizer_class = tokenizer_class
         self._special = {k: v for k, v in special_tokens.items()}
         self._extra = list(extra_special_tokens)
-        for name, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
-            if side not in ("left", "right"):
-                raise ValueError(f"{name} must be 'left' or 'right', got {side!r}")
         self.padding_side, self.truncation_side = padding_side, truncation_side
         mml = self._config.get("model_max_length", self._config.get("max_len"))
         self.model_max_length = int(mml) if mml is not None else VERY_LARGE_INTEGER
@@ -137,6 +134,28 @@ class Tokenizer:
         backend.no_padding()
         backend.no_truncation()
         backend.encode_special_tokens = self.split_special_tokens
+
+    @property
+    def padding_side(self) -> str:
+        """``"left"`` or ``"right"``: where :meth:`__call__` pads by default (settable)."""
+        return self._padding_side
+
+    @padding_side.setter
+    def padding_side(self, side: str) -> None:
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        self._padding_side = side
+
+    @property
+    def truncation_side(self) -> str:
+        """``"left"`` or ``"right"``: which end truncation cuts (settable)."""
+        return self._truncation_side
+
+    @truncation_side.setter
+    def truncation_side(self, side: str) -> None:
+        if side not in ("left", "right"):
+            raise ValueError(f"truncation_side must be 'left' or 'right', got {side!r}")
+        self._truncation_side = side
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -666,6 +685,11 @@ def _build(tok_file: Path, file_json, file_backend, config, legacy_map, added_fi
 
     tok_cls = _resolve_class(config, file_text)
     kw, special, extra, added = _init_kwargs(config, legacy_map, added_file, file_json, tok_cls)
+    if tok_cls == "BigBirdTokenizer":  # its __init__ wraps string tokens (the mask strips on the left)
+        for name in SPECIAL_TOKENS_ATTRIBUTES:
+            if isinstance(special[name], str):
+                special[name] = _tk().AddedToken(special[name], lstrip=name == "mask_token", rstrip=False,
+                                                 normalized=False, special=True)
     json_padding, json_truncation = file_backend.padding, file_backend.truncation
     if tok_cls in _CLASSES:
         backend = _rebuild(tok_cls, file_json, kw, special, tok_file)
