@@ -144,6 +144,24 @@ def test_image_text_to_text_form(saved, images):
             np.testing.assert_allclose(got[key], want[key].numpy(), atol=1e-5, rtol=0, err_msg=key)
 
 
+def test_tokenizer_json_truncation_sets_the_processor_defaults(saved, images, tmp_path):
+    """A tokenizer.json with truncation on: HF takes its max_length as the processor's default."""
+    directory, _, _ = saved
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json"):
+        (tmp_path / name).write_bytes((directory / name).read_bytes())
+    spec = json.loads((tmp_path / "tokenizer.json").read_text())
+    spec["truncation"] = {"direction": "Right", "max_length": 30, "strategy": "LongestFirst", "stride": 0}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = transformers.IdeficsProcessor.from_pretrained(tmp_path)
+    ours = IdeficsProcessor.from_pretrained(tmp_path)
+    assert ours.tokenizer.init_kwargs["max_length"] == 30
+    prompts = [["User:", images["pil"][0], "hi"], ["x", images["pil"][1]]]
+    assert _check(hf, ours, prompts, padding="max_length")["input_ids"].shape == (2, 30)
+    _check(hf, ours, prompts)
+
+
 def test_image_attention_mask_semantics(saved, images):
     _, _, ours = saved
     a, b, _, _ = images["pil"]

@@ -62,6 +62,10 @@ __all__ = ["IdeficsImageProcessor", "IdeficsProcessor", "IDEFICS_STANDARD_MEAN",
 
 IMAGE_PROCESSOR_TYPE = "IdeficsImageProcessor"
 PROCESSOR_CONFIG_NAME = "processor_config.json"
+_UNSET = object()  # an argument the caller left out
+# HF TextKwargs (+ IDEFICS' own) the tokenizer's init kwargs can set for the processor
+_TEXT_KWARGS = ("add_special_tokens", "padding", "truncation", "max_length", "pad_to_multiple_of", "padding_side",
+                "add_end_of_utterance_token")
 _ACCEPTED_TYPES = frozenset({"IdeficsImageProcessor", "IdeficsImageProcessorPil", "IdeficsImageProcessorFast"})
 IDEFICS_STANDARD_MEAN = OPENAI_CLIP_MEAN  # HF: the same numbers under IDEFICS' name
 IDEFICS_STANDARD_STD = OPENAI_CLIP_STD
@@ -189,11 +193,9 @@ class IdeficsProcessor:
         return (*files, write_atomically(directory / PROCESSOR_CONFIG_NAME, dump))
 
     # ------------------------------------------------------------------ call
-    def __call__(self, text=None, images=None, *, add_end_of_utterance_token: bool | None = None,
-                 add_eos_token: bool = False, padding: bool | str = "longest",
-                 truncation: bool | str | None = None, max_length: int | None = None,
-                 padding_side: str | None = None, pad_to_multiple_of: int | None = None,
-                 return_tensors: str | None = "np") -> dict[str, np.ndarray]:
+    def __call__(self, text=None, images=None, *, add_end_of_utterance_token=_UNSET, add_eos_token: bool = False,
+                 padding=_UNSET, truncation=_UNSET, max_length=_UNSET, padding_side=_UNSET,
+                 pad_to_multiple_of=_UNSET, return_tensors: str | None = "np") -> dict[str, np.ndarray]:
         """Build ``input_ids``, ``attention_mask`` (int64 ``[B, L]``), ``pixel_values`` (float32
         ``[B, N, C, S, S]``, N = the most images in a row, at least 1) and
         ``image_attention_mask`` (``[B, L, N]``) from one prompt or a batch.
@@ -203,8 +205,13 @@ class IdeficsProcessor:
         in ``text``, placed before it. padding / truncation / max_length / padding_side: the
         tokenizer's (default ``"longest"``, as in HF). add_end_of_utterance_token: put
         ``<end_of_utterance>`` between two consecutive texts (None: False, as HF 5.23).
-        add_eos_token: end each prompt with the EOS token.
+        add_eos_token: end each prompt with the EOS token. An argument left out takes the
+        tokenizer's ``init_kwargs`` value when it has one (HF ``_merge_kwargs``), else the default.
         """
+        given = dict(add_end_of_utterance_token=add_end_of_utterance_token, padding=padding, truncation=truncation,
+                     max_length=max_length, padding_side=padding_side, pad_to_multiple_of=pad_to_multiple_of)
+        kw = self._text_kwargs({k: v for k, v in given.items() if v is not _UNSET})
+        add_end_of_utterance_token = kw.pop("add_end_of_utterance_token", None)
         if return_tensors not in (None, "np"):
             raise ValueError(f"return_tensors={return_tensors!r}: IdeficsProcessor returns numpy arrays ('np')")
         prompts = _prompts(text, images)
@@ -220,10 +227,7 @@ class IdeficsProcessor:
             texts.append(full_text)
             all_images.append(pixels)
 
-        encoding = self.tokenizer(texts, add_special_tokens=False, padding=padding, truncation=truncation,
-                                  max_length=max_length, padding_side=padding_side,
-                                  pad_to_multiple_of=pad_to_multiple_of, return_attention_mask=True,
-                                  return_token_type_ids=False)
+        encoding = self.tokenizer(texts, **kw, return_attention_mask=True, return_token_type_ids=False)
         ids_rows, mask_rows = encoding["input_ids"], encoding["attention_mask"]
         lengths = {len(r) for r in ids_rows}
         if len(lengths) > 1:
@@ -253,6 +257,16 @@ class IdeficsProcessor:
             image_attention_mask = np.zeros((*input_ids.shape, 1), bool)
         return {"input_ids": input_ids, "attention_mask": attention_mask,
                 "pixel_values": np.stack(pixel_values), "image_attention_mask": image_attention_mask}
+
+    def _text_kwargs(self, given: dict[str, Any]) -> dict[str, Any]:
+        """HF ``_merge_kwargs`` for the text: class defaults < the tokenizer's init kwargs < ``given``."""
+        out = {"add_special_tokens": False, "padding": "longest"}
+        init = self.tokenizer.init_kwargs
+        for key in _TEXT_KWARGS:
+            if key in init:
+                out[key] = self.tokenizer.padding_side if key == "padding_side" else init[key]
+        out.update(given)
+        return out
 
     def _prompt_text(self, sample, row: int, add_eou: bool) -> tuple[str, list]:
         """HF's loop over one prompt: its text (BOS + items + image tokens) and its images."""

@@ -112,11 +112,13 @@ class Tokenizer:
     def __init__(self, backend, *, config: Mapping[str, Any], tokenizer_class: str,
                  special_tokens: Mapping[str, Any], extra_special_tokens: Sequence[Any] = (),
                  padding_side: str = "right", truncation_side: str = "right",
-                 strip_end_of_word_suffix: str | None = None):
+                 strip_end_of_word_suffix: str | None = None, init_kwargs: Mapping[str, Any] | None = None):
         """backend: a ``tokenizers.Tokenizer`` with the final pipeline and added tokens;
         config: the ``tokenizer_config.json`` dict (written back by :meth:`save_pretrained`);
         special_tokens: attribute name (``bos_token``, ..., model-specific ``image_token``) ->
-        token (str / AddedToken / None); strip_end_of_word_suffix: CLIP's decode fix-up."""
+        token (str / AddedToken / None); strip_end_of_word_suffix: CLIP's decode fix-up;
+        init_kwargs: HF's ``tokenizer.init_kwargs`` (the config plus the padding / truncation
+        defaults of ``tokenizer.json``; processors take their text defaults from it)."""
         self._backend = backend
         self._config = dict(config)
         self.tokenizer_class = tokenizer_class
@@ -131,6 +133,7 @@ class Tokenizer:
             "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False))
         self.split_special_tokens = bool(self._config.get("split_special_tokens", False))
         self._strip_suffix = strip_end_of_word_suffix
+        self.init_kwargs = dict(self._config if init_kwargs is None else init_kwargs)
         backend.no_padding()
         backend.no_truncation()
         backend.encode_special_tokens = self.split_special_tokens
@@ -702,11 +705,15 @@ def _build(tok_file: Path, file_json, file_backend, config, legacy_map, added_fi
 
     # padding / truncation stored in tokenizer.json set the defaults (HF TokenizersBackend.__init__)
     if json_truncation is not None:
+        kw.setdefault("max_length", json_truncation["max_length"])
         kw.setdefault("truncation_side", json_truncation["direction"])
+        kw.setdefault("stride", json_truncation["stride"])
     if json_padding is not None:
         if special.get("pad_token") is None and "pad_token" not in kw:
             special["pad_token"] = json_padding["pad_token"]
         kw.setdefault("padding_side", json_padding["direction"])
+        kw.setdefault("max_length", json_padding["length"])
+        kw.setdefault("pad_to_multiple_of", json_padding["pad_to_multiple_of"])
     padding_side = kw.get("padding_side") or _CLASSES.get(tok_cls, {}).get("padding_side", "right")
     truncation_side = kw.get("truncation_side") or "right"
 
@@ -757,5 +764,5 @@ def _build(tok_file: Path, file_json, file_backend, config, legacy_map, added_fi
     saved = {k: v for k, v in config.items() if k not in ("padding_side", "truncation_side")}
     return Tokenizer(backend, config=saved, tokenizer_class=out_class, special_tokens=special,
                      extra_special_tokens=extra, padding_side=padding_side, truncation_side=truncation_side,
-                     strip_end_of_word_suffix=strip_suffix)
+                     strip_end_of_word_suffix=strip_suffix, init_kwargs=kw)
 
