@@ -177,16 +177,19 @@ def test_matches_hf_and_round_trips(family, tmp_path):
     _same_as_hf(ours, transformers.AutoTokenizer.from_pretrained(out))
 
 
-def test_rebuilding_classes_replace_the_file_pipeline(tmp_path):
-    """A raw tokenizers file (Whitespace pre-tokenizer, no post-processor) declared as RoBERTa:
-    HF 5.23 rebuilds the byte-level pipeline and RoBERTa's <s> ... </s>; so do we."""
-    tok = tokenizers.Tokenizer(models.BPE())
+@pytest.mark.parametrize("cls, specials, suffix", [
+    ("RobertaTokenizerFast", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], ""),
+    ("CLIPTokenizer", ["<|startoftext|>", "<|endoftext|>"], "</w>"),
+])
+def test_rebuilding_classes_replace_the_file_pipeline(tmp_path, cls, specials, suffix):
+    """A raw tokenizers file (Whitespace pre-tokenizer, no post-processor) declared as RoBERTa /
+    CLIP: HF 5.23 rebuilds the class's byte-level pipeline and post-processor; so do we."""
+    tok = tokenizers.Tokenizer(models.BPE(end_of_word_suffix=suffix))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>",
-                                                                                        "<unk>", "<mask>"]))
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                        end_of_word_suffix=suffix))
     tok.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizerFast",
-                                                                "add_prefix_space": True}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": cls, "add_prefix_space": True}))
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     _same_as_hf(Tokenizer.from_pretrained(tmp_path), hf)
 
@@ -197,7 +200,8 @@ def test_big_bird_raw_file_mask_strips_left(tmp_path):
     tok = tokenizers.Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(
-        vocab_size=150, unk_token="<unk>", special_tokens=["<pad>", "</s>", "<s>", "<unk>", "[SEP]", "[MASK]", "[CLS]"]))
+        vocab_size=150, unk_token="<unk>",
+        special_tokens=["<pad>", "</s>", "<s>", "<unk>", "[SEP]", "[MASK]", "[CLS]"]))
     spec = json.loads(tok.to_str())
     spec["added_tokens"] = []
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
