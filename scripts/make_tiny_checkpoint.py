@@ -6,7 +6,9 @@ Writes ``zoo/assets/tiny-data2vec-text`` (config.json + model.safetensors, as
 ``save_pretrained`` writes it) and ``zoo/assets/tiny-data2vec-text-bin`` (config.json +
 pytorch_model.bin from ``torch.save(state_dict)``, tied weights sharing storage),
 ``zoo/assets/tiny-data2vec-audio-ctc`` (a Data2VecAudioForCTC with vocab.json, tokenizer and
-feature-extractor configs) and ``zoo/assets/tiny-speech.wav`` (1 s of synthesized 16 kHz audio).
+feature-extractor configs), ``zoo/assets/tiny-speech.wav`` (1 s of synthesized 16 kHz audio),
+``zoo/assets/tiny-idefics`` (an IdeficsForVisionText2Text with a byte-level BPE tokenizer
+trained here and its processor files, for ``zoo generate``) and ``zoo/assets/tiny-picture.png``.
 """
 
 import json
@@ -36,6 +38,8 @@ def main() -> None:
     torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")
     make_audio_ctc(ASSETS / "tiny-data2vec-audio-ctc")
     make_wav(ASSETS / "tiny-speech.wav")
+    make_idefics(ASSETS / "tiny-idefics")
+    make_picture(ASSETS / "tiny-picture.png")
     for path in sorted(ASSETS.rglob("*.*")):
         print(f"{path.relative_to(ASSETS)}: {path.stat().st_size:,} bytes")
 
@@ -75,6 +79,54 @@ def make_wav(path: Path) -> None:
     envelope = np.clip(np.sin(np.pi * t / 0.35 % np.pi), 0, 1) * (t < 0.9)
     noise = 0.01 * np.random.RandomState(0).randn(rate)
     write_wav(path, (0.3 * voice * envelope + noise).astype(np.float32), rate)
+
+
+CAPTIONS = ["User: What is in this picture?", "Assistant: A red square on a blue sky.",
+            "A cat sat on the mat.", "Describe the image.", "Two dogs ran in the green park."]
+
+
+def make_idefics(directory: Path) -> None:
+    """A 2-layer IDEFICS (CLIP tower 1 layer at 28 px, perceiver 4 latents) whose tokenizer
+    (byte-level BPE, 160 tokens + ``<fake_token_around_image>`` and ``<image>`` as the two
+    additional tokens) is trained on a few captions; gates drawn from N(0, 1) (HF starts
+    them at 0, so the image would not matter)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CAPTIONS * 4, trainers.BpeTrainer(
+        vocab_size=160, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.LlamaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                           pad_token="<unk>", add_bos_token=True, padding_side="left")
+    base = len(fast)
+    fast.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>"]})
+    config = transformers.IdeficsConfig(
+        vocab_size=base, additional_vocab_size=2, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+        num_attention_heads=4, cross_layer_interval=1, use_resampler=True, max_position_embeddings=128,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vision_config=dict(embed_dim=24, image_size=28, patch_size=14, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=30),
+        perceiver_config=dict(resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2, resampler_head_dim=8))
+    torch.manual_seed(0)
+    model = transformers.IdeficsForVisionText2Text(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "alpha" in name:
+                p.normal_(0.0, 1.0)
+    model.save_pretrained(directory)
+    transformers.IdeficsProcessor(transformers.IdeficsImageProcessor(image_size=28), fast).save_pretrained(directory)
+
+
+def make_picture(path: Path) -> None:
+    """64 x 48 RGB: a red square on a blue-to-white sky over green grass."""
+    from PIL import Image
+
+    y, x = np.mgrid[:48, :64]
+    image = np.stack([80 + 2 * y, 120 + 2 * y, np.full_like(y, 230)], -1)
+    image[y > 34] = (60, 160, 60)
+    image[(abs(x - 40) < 9) & (abs(y - 22) < 9)] = (210, 30, 30)
+    Image.fromarray(image.astype(np.uint8)).save(path)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The ``zoo`` command: convert, export, inspect, run and fine-tune checkpoints.
+"""The ``zoo`` command: convert, export, inspect, run, generate with and fine-tune checkpoints.
 
 It parses arguments and prints; the work lives in the library (:mod:`zoo.pretrained`,
-:mod:`zoo.info`, :mod:`zoo.inference`, :mod:`zoo.verify`, :mod:`zoo.finetune`). Errors print
+:mod:`zoo.info`, :mod:`zoo.inference`, :mod:`zoo.text_generation`, :mod:`zoo.verify`,
+:mod:`zoo.finetune`). Errors print
 one line on stderr (``zoo: error: ...``) and exit non-zero; an output directory is only
 created when the command succeeds. Nothing in the library imports this module.
 """
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--input-ids", default=DEFAULT_INPUT_IDS,
                    help="text models: space-separated token ids (ids >= vocab_size are folded into range)")
+    p.add_argument("--text", help="text models: a text, tokenized with the checkpoint's tokenizer.json "
+                                  "(instead of --input-ids)")
     p.add_argument("--audio", help="audio models: a PCM WAV file (CTC heads print the transcription)")
     p.add_argument("--image", help="vision models: an image file (classifiers print top labels, "
                                    "segmentation heads write a colour PNG)")
@@ -63,6 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-kernel", default="auto",
                    help="attention kernels: auto (XLA on CPU; cuDNN / Pallas on GPU and TPU), xla, pallas "
                         "(interpreted on CPU: slow), cudnn")
+
+    p = sub.add_parser("generate", help="continue a prompt with a causal LM (IDEFICS with images, "
+                                        "Data2VecText / BigBird ForCausalLM), streaming the text")
+    p.add_argument("checkpoint", help="zoo or HF checkpoint directory with its tokenizer files")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--prompt", help=f"the prompt; IDEFICS: put {'<image>'} where each --image goes")
+    group.add_argument("--prompts", metavar="FILE", help='a JSONL file, one {"prompt": ..., "images": [...]} per '
+                                                         "line; prints one JSON line per generated sequence")
+    p.add_argument("--image", action="append", default=[], metavar="FILE", help="IDEFICS: an image file; repeat "
+                                                                              "for several images, in order")
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate (default: generation_config.json, "
+                                                       "else 32)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (the default unless the checkpoint's "
+                                                         "generation_config.json samples or a sampling option is set)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (implies sampling)")
+    p.add_argument("--top-k", type=int, help="sample from the k most likely tokens, 0 = off (default 50, as HF)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling threshold (default 1.0 = off)")
+    p.add_argument("--seed", type=int, help="random seed for sampling (default 0)")
+    p.add_argument("--repetition-penalty", type=float, help="HF's repetition penalty (1.0 = off)")
+    p.add_argument("--min-new-tokens", type=int, help="no end-of-sequence before this many tokens")
+    p.add_argument("--num-return-sequences", type=int, help="sampled continuations per prompt")
+    p.add_argument("--batch-size", type=int, default=8, help="--prompts: prompts decoded together (default 8)")
+    p.add_argument("--architecture")
+    p.add_argument("--attention-kernel", default="auto", help="as for zoo run")
 
     p = sub.add_parser("finetune", help="fine-tune a checkpoint on a data set as a recipe says (sharded, resumable)")
     p.add_argument("--recipe", required=True, help="recipe JSON (configs/finetune/NAME.json)")
@@ -171,6 +198,8 @@ def cmd_run(args) -> None:
     if kind != "audio" and audio:
         raise ValueError(f"{name} takes token ids, not audio: pass --input-ids" if kind == "text"
                          else f"{name} takes images, not audio: pass only --image")
+    if kind != "text" and getattr(args, "text", None) is not None:
+        raise ValueError(f"{name} does not take --text" + (" (GroupViT: --labels)" if kind == "image_text" else ""))
     top_k = args.top_k
     if kind == "image_text":
         return _run_zero_shot(src, model, variables, args)
@@ -192,10 +221,18 @@ def cmd_run(args) -> None:
         pred = inference.predict_audio(model, variables, samples, rate, directory=src, top_k=top_k)
         print(f"{name} on {audio} ({len(samples) / rate:.2f} s at {rate} Hz)")
         return _print_prediction(pred)
-    ids = _parse_ids(args.input_ids)
-    if not ids:
-        raise ValueError("--input-ids is empty")
-    pred = inference.predict_text(model, variables, [[i % model.config.vocab_size for i in ids]], top_k=top_k)
+    if getattr(args, "text", None) is not None:
+        from zoo.preprocessing import Tokenizer
+
+        ids = Tokenizer.from_pretrained(src)(args.text)["input_ids"]
+        if not ids:
+            raise ValueError("--text tokenized to no tokens")
+    else:
+        ids = _parse_ids(args.input_ids)
+        if not ids:
+            raise ValueError("--input-ids is empty")
+        ids = [i % model.config.vocab_size for i in ids]
+    pred = inference.predict_text(model, variables, [ids], top_k=top_k)
     print(f"{name} on {pred.num_tokens} tokens")
     _print_prediction(pred, top_k)
 
@@ -252,6 +289,49 @@ def _print_prediction(pred, top_k: int | None = None) -> None:
         print(f"  last_hidden_state {shape}, mean {mean:.5f}, std {std:.5f}")
 
 
+def cmd_generate(args) -> None:
+    import json
+
+    from zoo.text_generation import Prompt, Stats, TextGenerator, read_prompts_file
+
+    sampling = [f"--{n.replace('_', '-')}" for n in ("temperature", "top_k", "top_p", "seed", "num_return_sequences")
+                if getattr(args, n) is not None]
+    if args.greedy and sampling:
+        raise ValueError(f"--greedy does not go with {', '.join(sampling)} (sampling options)")
+    if args.prompts and args.image:
+        raise ValueError('--image goes with --prompt; in a --prompts file give "images": [...] per line')
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    # read what can be wrong before the (slow) model load
+    prompts = read_prompts_file(args.prompts) if args.prompts else [Prompt(args.prompt, tuple(args.image))]
+    for path in [i for p in prompts for i in p.images]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such image file")
+    generator = TextGenerator.from_pretrained(args.checkpoint, args.architecture,
+                                              attention_kernel=args.attention_kernel)
+    settings = generator.settings(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens,
+        num_return_sequences=args.num_return_sequences,
+        do_sample=False if args.greedy else (True if sampling else None))
+    if not args.prompts and settings.num_return_sequences == 1:
+        stats = Stats()
+        for piece in generator.stream(prompts, settings, stats=stats):
+            print(piece.text, end="", flush=True)
+        print()
+        print(f"zoo generate: {stats.summary()}", file=sys.stderr)
+        return
+    for start in range(0, len(prompts), args.batch_size):
+        batch = prompts[start:start + args.batch_size]
+        result = generator.generate(batch, settings)
+        for row, text in enumerate(result.texts):
+            prompt = batch[row // settings.num_return_sequences]
+            print(json.dumps({"prompt": prompt.text, "images": list(map(str, prompt.images)),
+                              "sequence": row % settings.num_return_sequences, "generated": text},
+                             ensure_ascii=False), flush=True)
+        print(f"zoo generate: prompts {start}..{start + len(batch) - 1}: {result.stats.summary()}", file=sys.stderr)
+
+
 def cmd_finetune(args) -> None:
     from zoo import distributed
 
@@ -301,7 +381,7 @@ def cmd_demo(args) -> None:
 
 
 COMMANDS = {"convert": cmd_convert, "export": cmd_export, "list": cmd_list, "info": cmd_info,
-            "run": cmd_run, "finetune": cmd_finetune, "demo": cmd_demo}
+            "run": cmd_run, "generate": cmd_generate, "finetune": cmd_finetune, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

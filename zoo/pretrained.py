@@ -390,9 +390,11 @@ def _config_dict(module: nn.Module) -> dict:
     data["architectures"] = [type(module).__name__]
     return data
 
-# Files next to the weights that preprocessing needs (tokenizer, feature extractor).
+# Files next to the weights that preprocessing and generation need (tokenizer, feature
+# extractor, processor, generation defaults).
 AUXILIARY_FILES = ("vocab.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "tokenizer.json", "preprocessor_config.json")
+                   "tokenizer.json", "preprocessor_config.json", "processor_config.json", "generation_config.json",
+                   "chat_template.jinja", "chat_template.json")
 
 def auxiliary_files(directory: str | os.PathLike) -> list[Path]:
     return [Path(directory) / name for name in AUXILIARY_FILES if (Path(directory) / name).is_file()]

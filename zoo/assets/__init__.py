@@ -20,9 +20,11 @@ TINY_TEXT_BIN_CHECKPOINT = ASSETS_DIR / "tiny-data2vec-text-bin"  # the same wei
 TINY_AUDIO_CTC_CHECKPOINT = ASSETS_DIR / "tiny-data2vec-audio-ctc"  # Data2VecAudioForCTC + vocab, extractor
 TINY_SPEECH_WAV = ASSETS_DIR / "tiny-speech.wav"                  # 1 s of 16 kHz mono PCM
 TINY_TEXT_CLASSIFICATION_DATA = ASSETS_DIR / "tiny-text-classification.jsonl"  # `zoo finetune` example data
+TINY_IDEFICS_CHECKPOINT = ASSETS_DIR / "tiny-idefics"            # IdeficsForVisionText2Text + tokenizer, processor
+TINY_PICTURE = ASSETS_DIR / "tiny-picture.png"                    # 64 x 48 RGB
 
 NAMES = tuple(p.name for p in (TINY_TEXT_CHECKPOINT, TINY_TEXT_BIN_CHECKPOINT, TINY_AUDIO_CTC_CHECKPOINT,
-                               TINY_SPEECH_WAV, TINY_TEXT_CLASSIFICATION_DATA))
+                               TINY_SPEECH_WAV, TINY_TEXT_CLASSIFICATION_DATA, TINY_IDEFICS_CHECKPOINT, TINY_PICTURE))
 
 
 def asset_path(name: str) -> Path:
@@ -35,5 +37,5 @@ def asset_path(name: str) -> Path:
     return path
 
 
-__all__ = ["ASSETS_DIR", "NAMES", "TINY_AUDIO_CTC_CHECKPOINT", "TINY_SPEECH_WAV", "TINY_TEXT_BIN_CHECKPOINT",
+__all__ = ["ASSETS_DIR", "NAMES", "TINY_AUDIO_CTC_CHECKPOINT", "TINY_IDEFICS_CHECKPOINT", "TINY_PICTURE", "TINY_SPEECH_WAV", "TINY_TEXT_BIN_CHECKPOINT",
            "TINY_TEXT_CHECKPOINT", "TINY_TEXT_CLASSIFICATION_DATA", "asset_path"]
