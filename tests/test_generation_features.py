@@ -133,7 +133,8 @@ def test_bad_words_equal_hf():
         equal_scores(got, ref)
         assert np.isneginf(np.asarray(got)[[0, 1, 2, 3], [6, 9, 7, 3]]).all()
     short = ids[:, :2]  # a context shorter than a prefix: that word is skipped
-    equal_scores(apply_bad_words(scores, short, bad_words_table(words)), NoBadWordsLogitsProcessor(words)(t(short), t(scores)))
+    equal_scores(apply_bad_words(scores, short, bad_words_table(words)),
+                 NoBadWordsLogitsProcessor(words)(t(short), t(scores)))
     equal_scores(apply_bad_words(scores, ids, bad_words_table(words), length=5),
                  NoBadWordsLogitsProcessor(words)(t(ids[:, :5]), t(scores)))
     with pytest.raises(ValueError, match="bad_words_ids"):

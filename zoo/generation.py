@@ -4,31 +4,46 @@
 prefill call over the (left-padded) prompt into a cache of ``L + N`` positions, then a
 ``jax.lax.while_loop`` of single-token steps, all in one compiled function: no
 recompilation per token, and none for new prompts of the same shape or new values of
-``temperature``, ``top_p``, ``eos_token_id`` (up to 8 ids), ``pad_token_id`` or ``rng``.
-The loop stops as soon as every row has produced an end-of-sequence token. It follows Hugging Face's
-``generate`` (transformers 5.23) step for step, so greedy decoding equals HF's token for token:
+``temperature``, ``top_p``, ``repetition_penalty`` (other than 1 <-> not 1),
+``min_new_tokens``, ``bad_words_ids`` (up to 8 words with prefixes of up to 4 tokens share
+one shape), ``eos_token_id`` (up to 8 ids), ``pad_token_id`` or ``rng``. Static (one
+compilation each): ``max_new_tokens``, ``do_sample``, ``top_k``, ``num_return_sequences``.
+The loop stops as soon as every row has produced an end-of-sequence token.
+:class:`DecodeLoop` runs the same prefill and step as two jitted calls (the step donates
+its state), to stream tokens or time them; it shares every line of the per-step code with
+``generate``. It follows Hugging Face's ``generate`` (transformers 5.23) step for step, so
+greedy decoding equals HF's token for token:
 
 - the prompt's ``attention_mask`` (all ones when omitted, unless ``pad_token_id`` occurs in
   the prompt and is not an eos token: then ``input_ids != pad_token_id``, as HF infers it)
   is extended with ones for the generated tokens;
+- ``num_return_sequences=R`` repeats every row of ``input_ids``, ``attention_mask``,
+  ``position_ids`` and of every array in ``**model_inputs`` (``pixel_values``,
+  ``image_attention_mask``...) ``R`` times (HF's ``repeat_interleave``): outputs have
+  ``B * R`` rows; sampled rows draw independently. HF refuses ``R > 1`` for greedy
+  decoding; here it gives ``R`` identical rows;
 - when the module's ``__call__`` takes ``position_ids`` and none are given, they are
   ``cumsum(attention_mask) - 1`` with padding at 0, and each new token gets the previous
   position + 1 (HF's generic rule, which it also applies to Data2VecText: its fairseq-style
   default positions are *not* what HF's ``generate`` uses). Given ``position_ids`` ``[B, L]``
   are continued the same way;
 - ``token_type_ids`` ``[B, L]`` are continued with their last column;
-- greedy decoding takes the first arg-max of the float32 logits; sampling applies, in HF's
-  order, temperature, top-k and top-p (:func:`warp_logits`, equal to HF's
-  ``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``) and draws with
-  ``jax.random.categorical`` from ``jax.random.fold_in(rng, step)``. HF's sampling defaults
-  to ``top_k=50``; here ``top_k=0`` (off) is the default;
+- each step's float32 logits go through HF's processors in HF's order
+  (``_get_logits_processor``): :func:`apply_repetition_penalty` (over the prompt, less its
+  left padding as HF 5.23 does, and the generated tokens), :func:`apply_bad_words`,
+  :func:`apply_min_new_tokens` (only with an eos); then greedy decoding takes the first
+  arg-max, and sampling applies, in HF's order, temperature, top-k and top-p
+  (:func:`warp_logits`, equal to HF's ``TemperatureLogitsWarper``, ``TopKLogitsWarper``,
+  ``TopPLogitsWarper``) and draws with ``jax.random.categorical`` from
+  ``jax.random.fold_in(rng, step)``. HF's sampling defaults to ``top_k=50``; here ``top_k=0``
+  (off) is the default;
 - with an ``eos_token_id`` (an int or a list), a row that produced one emits
   ``pad_token_id`` afterwards (``eos_token_id[0]`` when ``pad_token_id`` is None). No eos is
   taken from the model config: ``eos_token_id=None`` means "no stopping" (HF would fall back
   to ``generation_config.eos_token_id``).
 
-``GenerateOutput.sequences`` is always ``[B, L + max_new_tokens]`` (static shape); columns
-after an early stop hold ``pad_token_id``. HF returns ``sequences[:, :length]``.
+``GenerateOutput.sequences`` is always ``[B * R, L + max_new_tokens]`` (static shape);
+columns after an early stop hold ``pad_token_id``. HF returns ``sequences[:, :length]``.
 
 Protocol a decoder module follows (``Data2VecTextForCausalLM``, ``BigBirdForCausalLM``, IDEFICS):
 
@@ -40,14 +55,18 @@ Protocol a decoder module follows (``Data2VecTextForCausalLM``, ``BigBirdForCaus
   ``past_key_values``, the cache advanced by ``l`` positions; ``attention_mask`` spans the
   whole cache (future positions are hidden by the causal mask). ``position_ids`` and
   ``logits_to_keep`` are passed only if ``__call__`` takes them (as HF does);
-- ``**model_inputs`` given to :func:`generate` go to every call. Optionally the module
-  defines ``decode_inputs(self, outputs, model_inputs) -> dict``, a plain method (called
-  on the unbound module, traced inside the jit) that receives the prefill ``outputs`` and
-  the model inputs of the prefill (``token_type_ids`` already cut to their last column)
-  and returns the model inputs of every decode step. IDEFICS uses it to swap
-  ``pixel_values`` for the image hidden states the prefill computed and to keep the last
-  row of ``image_attention_mask`` (``[B, L, n]`` -> ``[B, 1, n]``). The returned values
-  must not change from one step to the next (they are loop constants).
+- ``**model_inputs`` given to :func:`generate` go to the prefill call (after the
+  ``num_return_sequences`` expansion). Optionally the module defines
+  ``decode_inputs(self, outputs, model_inputs) -> dict``, a plain method (called on the
+  unbound module, traced inside the jit) that receives the prefill ``outputs`` and the model
+  inputs of the prefill (``token_type_ids`` already cut to their last column) and returns
+  the model inputs of *every* decode step (any keys ``__call__`` accepts, including ones
+  the prefill did not get). IDEFICS uses it to swap ``pixel_values`` for the image hidden
+  states the prefill computed, to pass the cross-attention keys/values of the images
+  (``cross_attention_kv``) and to keep the last row of ``image_attention_mask``
+  (``[B, L, n]`` -> ``[B, 1, n]``). The returned values are loop constants: they must not
+  change from one step to the next (they live in :class:`DecodeState` and are donated with
+  it by :meth:`DecodeLoop.step`, then returned unchanged).
 """
 
 from __future__ import annotations
