@@ -58,10 +58,40 @@ def test_decode_loop_donates_and_does_not_retrace(models):
     assert int(state.step) == 5 and state.tokens.shape == (3,) and not loop.done(state)
 
 
+def test_stream_stops_when_every_row_has_ended(models):
+    _, module, params = models
+    free = np.asarray(generate(module, params, IDS, MASK, max_new_tokens=N).sequences)
+    eos = sorted({int(t) for t in free[:, L + 2]})  # every row ends by its third token
+    ref = generate(module, params, IDS, MASK, max_new_tokens=N, eos_token_id=eos, pad_token_id=PAD)
+    tokens = collect(DecodeLoop(module, params, max_new_tokens=N, eos_token_id=eos, pad_token_id=PAD), IDS, MASK)
+    assert tokens.shape[1] == int(ref.length) - L <= 3
+    np.testing.assert_array_equal(tokens, np.asarray(ref.sequences)[:, L:int(ref.length)])
+
+
+def test_errors(models):
+    _, module, params = models
+    bad = [(dict(repetition_penalty=0.0), "repetition_penalty"), (dict(min_new_tokens=-1), "min_new_tokens"),
+           (dict(num_return_sequences=0), "num_return_sequences"), (dict(bad_words_ids=[[3, -1]]), "bad_words_ids"),
+           (dict(bad_words_ids=[[VOCAB]]), "vocab_size"), (dict(bad_words_ids=[]), "bad_words_ids")]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            generate(module, params, IDS, MASK, max_new_tokens=2, **kwargs)
+        with pytest.raises(ValueError, match=match):
+            DecodeLoop(module, params, max_new_tokens=2, **kwargs)
+    with pytest.raises(ValueError, match="rng"):
+        DecodeLoop(module, params, max_new_tokens=2, do_sample=True).prefill(IDS, MASK)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        DecodeLoop(module, params, max_new_tokens=0)
+
+
 def test_decode_loop_compile_ahead(models):
     _, module, params = models
     loop = DecodeLoop(module, params, max_new_tokens=4, do_sample=True, temperature=0.8, pad_token_id=PAD)
     assert loop.compile(IDS, MASK, rng=0) > 0
+    state = loop.prefill(IDS, MASK, rng=5)
+    cache = jax.tree.leaves(state.cache)[0]
+    loop.step(state)
+    assert cache.is_deleted()  # the ahead-of-time step donates too
     got = collect(loop, IDS, MASK, rng=5)
     ref = generate(module, params, IDS, MASK, max_new_tokens=4, do_sample=True, temperature=0.8,
                    pad_token_id=PAD, rng=5)

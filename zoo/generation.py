@@ -301,6 +301,13 @@ class _Plan:
     bad_words: bool
     output_logits: bool = False
 
+    def __hash__(self):  # jit hashes its static arguments at every call: the module's hash is slow
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
 
 def _call(module, variables, ids, positions, cache, inputs, mask):
     extra = {"position_ids": positions} if positions is not None else {}
