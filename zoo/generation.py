@@ -553,8 +553,11 @@ class DecodeLoop:
 
     def compile(self, input_ids, attention_mask=None, rng=None, **model_inputs) -> float:
         """Compile :meth:`prefill` and :meth:`step` for inputs of these shapes (ahead of
-        time, nothing runs); returns the seconds it took."""
+        time, nothing runs; ``rng`` may be omitted: a seed or a ``jax.random.key`` is
+        assumed); returns the seconds it took. Later calls with other shapes just compile
+        on first use."""
         start = time.perf_counter()
+        rng = jax.random.key(0) if rng is None else rng  # only its type matters here
         args = self._arguments(input_ids, attention_mask, rng, model_inputs)
         lowered = _prefill_jit.lower(self.settings.plan, *args)
         state = jax.tree.map(lambda o: jax.ShapeDtypeStruct(o.shape, o.dtype), lowered.out_info)
