@@ -11,17 +11,21 @@ weights (constants randomized, the cross-attention gates drawn from N(0, 1), sin
 them at 0), converted with ``zoo.from_state_dict``. Batch 1, one image, a prompt
 ``<s> <fake> <image> <fake> text...`` with ``image_attention_mask`` 1 from ``<image>`` on.
 
-- prefill: the first generation call (vision tower + resampler + decoder over the prompt,
-  logits of the last position) into an empty cache (HF ``DynamicCache``; zoo
-  ``init_cache(1, max_length)``);
-- per token: one greedy step after the prefill (arg-max and mask update included), HF as
-  ``generate`` feeds it (``past_key_values``, grown mask, ``perceiver_embeddings``), the zoo
-  with its fixed cache (donated: updated in place) and ``model.decode_inputs(...)`` (the image
-  states and the cross-attention keys/values of the prefill); median of ``--steps``
-  consecutive steps.
+The zoo side is what users run, ``zoo.generation.DecodeLoop`` (greedy): its compile time
+(``DecodeLoop.compile``: trace, lower and XLA of the prefill and the step, reported apart from
+the runs) and
+
+- prefill: ``DecodeLoop.prefill`` (vision tower + resampler + decoder over the prompt into a
+  fresh fixed cache, logits of the last position, first token), HF's first generation call
+  into an empty ``DynamicCache`` (``logits_to_keep=1``);
+- per token: ``DecodeLoop.step`` (state and KV cache donated: updated in place; the image
+  states and the cross-attention keys/values of the prefill come with it through
+  ``model.decode_inputs``), HF one greedy step as ``generate`` feeds it (``past_key_values``,
+  grown mask, ``perceiver_embeddings``); median of ``--steps`` consecutive steps.
 
 Checked before timing against HF eager: prefill logits and image states, then
-``--check-steps`` decode steps teacher-forced on HF eager's greedy tokens. One HF model is
+``--check-steps`` decode steps teacher-forced on HF eager's greedy tokens (the same model
+calls as the loop's, jitted by the benchmark), and DecodeLoop's own greedy tokens. One HF model is
 switched between sdpa and eager (``set_attn_implementation``) inside each timed HF call.
 """
 
@@ -124,6 +128,19 @@ class ZooDecoder:
         return self.token, logits
 
 
+class LoopDecoder:
+    """``zoo.generation.DecodeLoop.step`` on one state (donated and replaced at every call)."""
+
+    def __init__(self, loop, state):
+        self.loop, self.state = loop, state
+
+    def __call__(self, token=None):
+        if token is not None:
+            raise ValueError("LoopDecoder runs DecodeLoop's own greedy tokens")
+        self.state = self.loop.step(self.state)
+        return self.state.tokens, None
+
+
 class HFDecoder:
     def __init__(self, model, impl: str, prefill_out, attention_mask, image_attention_mask):
         self.model, self.impl = model, impl
@@ -168,21 +185,27 @@ def run(args) -> dict:
     t_in = {k: torch.from_numpy(v).to(tdev, tdtype if v.dtype == np.float32 else None) for k, v in x.items()}
     t_mask = torch.ones((1, args.prompt), dtype=torch.int64, device=tdev)
 
+    # what users run: zoo.generation.DecodeLoop, a jitted prefill and a jitted step (state donated)
+    from zoo.generation import DecodeLoop
+
+    ids = z_in["input_ids"]
+    loop_inputs = {k: v for k, v in z_in.items() if k != "input_ids"}
+    loop = DecodeLoop(model, variables, max_new_tokens=max_length - args.prompt)
+    loop_compile = loop.compile(ids, z_mask[:, :args.prompt], **loop_inputs)
+    t0 = time.perf_counter()
+    loop_tokens = [int(harness.block(loop.prefill(ids, z_mask[:, :args.prompt], **loop_inputs)).tokens[0])]
+    p_first = time.perf_counter() - t0
+    # the logits check runs the same model calls, jitted here (not timed)
     prefill_fn, step_fn = zoo_functions(model)
     prefill, p_lower, p_compile = harness.jax_compile(prefill_fn, variables, z_cache, z_mask, z_in)
-    t0 = time.perf_counter()
     z_pre = harness.block(prefill(variables, z_cache, z_mask, z_in))
-    p_first = time.perf_counter() - t0
     rest = model.decode_inputs(z_pre, z_in)
     rest.pop("input_ids", None)
-    t0 = time.perf_counter()  # the step updates its cache and mask in place (donated)
-    lowered = jax.jit(step_fn, donate_argnums=(1, 2)).lower(variables, z_pre.past_key_values, z_mask,
-                                                            jnp.zeros((1, 1), jnp.int32), rest)
-    t1 = time.perf_counter()
-    step = lowered.compile()
-    s_lower, s_compile = t1 - t0, time.perf_counter() - t1
-    compile_info = {"prefill": {"lower_s": p_lower, "compile_s": p_compile, "first_call_s": p_first},
-                    "decode_step": {"lower_s": s_lower, "compile_s": s_compile}}
+    step, s_lower, s_compile = harness.jax_compile(step_fn, variables, z_pre.past_key_values, z_mask,
+                                                   jnp.zeros((1, 1), jnp.int32), rest)
+    compile_info = {"decode_loop": {"compile_s": loop_compile, "first_prefill_s": p_first},
+                    "check_prefill": {"lower_s": p_lower, "compile_s": p_compile},
+                    "check_step": {"lower_s": s_lower, "compile_s": s_compile}}
     print(f"zoo compile: {compile_info}", flush=True)
 
     def hf_prefill(impl):
@@ -192,12 +215,12 @@ def run(args) -> dict:
                       logits_to_keep=1)
         return harness.torch_callable(call)
 
-    prefill_calls = {"zoo": functools.partial(prefill, variables, z_cache, z_mask, z_in),
+    prefill_calls = {"zoo": lambda: loop.prefill(ids, z_mask[:, :args.prompt], **loop_inputs).tokens,
                      "hf_sdpa": hf_prefill("sdpa"), "hf_eager": hf_prefill("eager")}
     pre = {"zoo": z_pre, **{n: prefill_calls[n]() for n in ("hf_sdpa", "hf_eager")}}
 
     # --- outputs agree: prefill logits + image states, then teacher-forced decode steps
-    decoders = {"zoo": ZooDecoder(step, variables, z_pre, jnp.copy(z_mask), rest),  # its own (donated) mask
+    decoders = {"zoo": ZooDecoder(step, variables, z_pre, z_mask, rest),
                 **{n: HFDecoder(hf, n.split("_")[1], pre[n], t_mask, t_in["image_attention_mask"])
                    for n in ("hf_sdpa", "hf_eager")}}
     logits = {n: [harness.to_numpy(pre[n].logits[:, -1])] for n in IMPLS}
@@ -206,6 +229,12 @@ def run(args) -> dict:
         for n in IMPLS:
             logits[n].append(harness.to_numpy(decoders[n](ref_token)[1]))
     ref_tokens = [int(np.argmax(lg)) for lg in logits[REFERENCE]]
+    state = loop.prefill(ids, z_mask[:, :args.prompt], **loop_inputs)  # DecodeLoop's own greedy tokens
+    loop_tokens = [int(state.tokens[0])]
+    for _ in range(args.check_steps):
+        state = loop.step(state)
+        loop_tokens.append(int(state.tokens[0]))
+    del state
     checks = {}
     for n in IMPLS[:-1]:
         own = [int(np.argmax(lg)) for lg in logits[n]]
@@ -214,25 +243,29 @@ def run(args) -> dict:
             "image_hidden_states": harness.max_diff(pre[n].image_hidden_states, pre[REFERENCE].image_hidden_states),
             "decode_logits": max(harness.max_diff(a, b) for a, b in zip(logits[n][1:], logits[REFERENCE][1:])),
             "greedy_agreement": float(np.mean([a == b for a, b in zip(own, ref_tokens)]))}
+        if n == "zoo":
+            checks[f"{n} vs {REFERENCE}"]["decode_loop_greedy_agreement"] = float(
+                np.mean([a == b for a, b in zip(loop_tokens, ref_tokens)]))
         print(f"check {n} vs {REFERENCE}: {checks[f'{n} vs {REFERENCE}']}", flush=True)
-    worst = max(v for c in checks.values() for k, v in c.items() if k != "greedy_agreement")
+    worst = max(v for c in checks.values() for k, v in c.items() if not k.endswith("greedy_agreement"))
     if not worst < args.tolerance:
         raise SystemExit(f"outputs disagree beyond {args.tolerance}: {checks}")
     del pre, logits
+
+    decoders["zoo"] = LoopDecoder(loop, loop.prefill(ids, z_mask[:, :args.prompt], **loop_inputs))
 
     # --- timing (torch on a GPU is synchronised inside its calls)
     sync = harness.torch_sync(args.device_used) or (lambda out: out)
     wrap = lambda calls: {n: (c if n == "zoo" else (lambda c=c: sync(c()))) for n, c in calls.items()}  # noqa: E731
     workloads = {}
-    for name, calls, repeats, warmup, info in (
-            ("prefill", prefill_calls, args.repeats, args.warmup, compile_info["prefill"]),
+    for name, calls, repeats, warmup, info in (  # DecodeLoop.compile: prefill + step, one figure
+            ("prefill", prefill_calls, args.repeats, args.warmup, {"compile_s": loop_compile}),
             ("decode", {n: (lambda d=decoders[n]: d()[0]) for n in IMPLS}, args.steps, args.decode_warmup,
-             compile_info["decode_step"])):
+             {"compile_s": None})):
         print(f"\n== {name}", flush=True)
         timings, load = harness.timed(wrap(calls), args, repeats=repeats, warmup=warmup,
                                       syncs={n: None for n in IMPLS if n != "zoo"},
-                                      timing_kwargs={"zoo": {"lower_s": info["lower_s"],
-                                                             "compile_s": info["compile_s"]}})
+                                      timing_kwargs={"zoo": info})
         workloads[name] = {"timings": timings, "load": load, "quiet": load["quiet"],
                            "speedup_of_zoo": harness.ratios(timings)}
     dec = {t.name: t for t in workloads["decode"]["timings"]}
