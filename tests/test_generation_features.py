@@ -72,7 +72,8 @@ def test_errors(models):
     _, module, params = models
     bad = [(dict(repetition_penalty=0.0), "repetition_penalty"), (dict(min_new_tokens=-1), "min_new_tokens"),
            (dict(num_return_sequences=0), "num_return_sequences"), (dict(bad_words_ids=[[3, -1]]), "bad_words_ids"),
-           (dict(bad_words_ids=[[VOCAB]]), "vocab_size"), (dict(bad_words_ids=[]), "bad_words_ids")]
+           (dict(bad_words_ids=[[VOCAB]]), "vocabulary size"),
+           (dict(bad_words_ids=[[VOCAB + 5, 3]]), "vocabulary size"), (dict(bad_words_ids=[]), "bad_words_ids")]
     for kwargs, match in bad:
         with pytest.raises(ValueError, match=match):
             generate(module, params, IDS, MASK, max_new_tokens=2, **kwargs)

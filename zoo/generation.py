@@ -443,9 +443,13 @@ class _Settings:
         self.eos = eos
         self.pad_token_id = eos[0] if pad_token_id is None and eos else pad_token_id
         table = None if bad_words_ids is None else bad_words_table(bad_words_ids, eos)
-        vocab = getattr(getattr(module, "config", None), "vocab_size", None)
-        if table is not None and vocab is not None and int(table[2].max()) >= vocab:
-            raise ValueError(f"bad_words_ids: token {int(table[2].max())} >= the model's vocab_size {vocab}")
+        config = getattr(module, "config", None)
+        vocab = getattr(config, "vocab_size", None)
+        if table is not None and vocab is not None:  # the logits' width (IDEFICS adds its extra tokens)
+            vocab += getattr(config, "additional_vocab_size", 0) or 0
+            largest = max(int(table[0].max()), int(table[2].max()))
+            if largest >= vocab:
+                raise ValueError(f"bad_words_ids: token {largest} is not below the model's vocabulary size {vocab}")
         self.plan = _Plan(module, int(max_new_tokens), bool(do_sample), top_k, int(num_return_sequences),
                           repetition_penalty is not None and not (concrete(repetition_penalty)
                                                                   and repetition_penalty == 1.0),
