@@ -38,8 +38,8 @@ def main() -> None:
     torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")
     make_audio_ctc(ASSETS / "tiny-data2vec-audio-ctc")
     make_wav(ASSETS / "tiny-speech.wav")
-    make_idefics(ASSETS / "tiny-idefics")
     make_picture(ASSETS / "tiny-picture.png")
+    make_idefics(ASSETS / "tiny-idefics", ASSETS / "tiny-picture.png")
     for path in sorted(ASSETS.rglob("*.*")):
         print(f"{path.relative_to(ASSETS)}: {path.stat().st_size:,} bytes")
 
@@ -85,11 +85,15 @@ CAPTIONS = ["User: What is in this picture?", "Assistant: A red square on a blue
             "A cat sat on the mat.", "Describe the image.", "Two dogs ran in the green park."]
 
 
-def make_idefics(directory: Path) -> None:
+QUESTION, ANSWER = "User: What is in this picture? Assistant:", " A red square on a blue sky."
+
+
+def make_idefics(directory: Path, picture: Path) -> None:
     """A 2-layer IDEFICS (CLIP tower 1 layer at 28 px, perceiver 4 latents) whose tokenizer
     (byte-level BPE, 160 tokens + ``<fake_token_around_image>`` and ``<image>`` as the two
     additional tokens) is trained on a few captions; gates drawn from N(0, 1) (HF starts
-    them at 0, so the image would not matter)."""
+    them at 0, so the image would not matter). Then 800 Adam steps teach it one answer
+    about ``picture`` (and another one without it), so that ``zoo generate`` prints words."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -114,8 +118,29 @@ def make_idefics(directory: Path) -> None:
         for name, p in model.named_parameters():
             if "alpha" in name:
                 p.normal_(0.0, 1.0)
+    processor = transformers.IdeficsProcessor(transformers.IdeficsImageProcessor(image_size=28), fast)
+    teach(model, processor, picture)
     model.save_pretrained(directory)
-    transformers.IdeficsProcessor(transformers.IdeficsImageProcessor(image_size=28), fast).save_pretrained(directory)
+    processor.save_pretrained(directory)
+
+
+def teach(model, processor, picture: Path, steps: int = 800) -> None:
+    from PIL import Image
+
+    user, question = QUESTION.split(" ", 1)  # "User:", "What is ... Assistant:"
+    prompts = [[user + " ", Image.open(picture).convert("RGB"), " " + question + ANSWER + "</s>"],
+               [QUESTION + " I see no picture.</s>"]]
+    batch = processor(text=prompts, padding="longest", return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        logits = model(**batch).logits[:, :-1]  # HF's own loss assumes no additional vocabulary
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+        loss.backward()
+        optimizer.step()
+    model.eval()
 
 
 def make_picture(path: Path) -> None:

@@ -318,7 +318,7 @@ def cmd_generate(args) -> None:
         stats = Stats()
         for piece in generator.stream(prompts, settings, stats=stats):
             print(piece.text, end="", flush=True)
-        print()
+        print(flush=True)
         print(f"zoo generate: {stats.summary()}", file=sys.stderr)
         return
     for start in range(0, len(prompts), args.batch_size):

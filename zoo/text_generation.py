@@ -46,7 +46,8 @@ class Prompt:
     def __post_init__(self):
         if not isinstance(self.text, str):
             raise ValueError(f"a prompt's text must be a string, got {type(self.text).__name__}")
-        object.__setattr__(self, "images", tuple(self.images))
+        # a string in a processor prompt is text: image files travel as paths
+        object.__setattr__(self, "images", tuple(Path(i) if isinstance(i, str) else i for i in self.images))
         placeholders = self.text.count(IMAGE_PLACEHOLDER)
         if placeholders != len(self.images) and not (placeholders == 0 and len(self.images) == 1):
             raise ValueError(f"the prompt has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) for "
@@ -290,7 +291,7 @@ class TextGenerator:
         stats.prompt_tokens, stats.batch = length, len(inputs["input_ids"]) * settings.num_return_sequences
         loop = self._loop(settings)
         ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
-        stats.compile_s = loop.compile(ids, mask, **inputs) if hasattr(loop, "compile") else 0.0
+        stats.compile_s = loop.compile(ids, mask, rng=settings.seed, **inputs)
         start = time.perf_counter()
         state = loop.prefill(ids, mask, rng=settings.seed, **inputs)
         rows = [_TextStream(self.tokenizer) for _ in range(stats.batch)]
