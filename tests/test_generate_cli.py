@@ -213,3 +213,19 @@ def test_python_m_zoo_generate_streams(text_model):
     new = hf_greedy(model, tokenizer("hello world", return_tensors="pt"))[0]
     assert done.stdout == tokenizer.decode(new, skip_special_tokens=True) + "\n"
     assert "zoo generate: batch 1" in done.stderr
+
+
+def test_readme_generate_example_runs_as_written():
+    """The README's `zoo generate` line, with the installed `zoo` command, from the repository root."""
+    import os
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (line,) = [b.strip() for b in re.findall(r"```bash\n(.*?)```", (root / "README.md").read_text(), re.S)
+               if b.startswith("zoo generate")]
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    done = subprocess.run(line, shell=True, cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == " A red square on a blue sky.\n"
+    assert re.search(r"zoo generate: batch 1, 44 prompt tokens; compile [\d.]+ s; prefill \d+ ms", done.stderr)
