@@ -146,8 +146,10 @@ class Piece:
 
 @dataclasses.dataclass
 class Stats:
-    """prefill_s: the first call (prompt through the model + the first token), compile
-    included when ``compiled`` is False. decode_s / new_tokens: the steps after it."""
+    """compile_s: compiling the prefill and the step (ahead of time); prefill_s: the first
+    call (prompt through the model + the first token); decode_s: the steps after it;
+    new_tokens: tokens made per row (the longest row); token_ids: each row's generated ids
+    (eos and padding left out)."""
 
     prompt_tokens: int = 0
     batch: int = 0
@@ -155,6 +157,7 @@ class Stats:
     decode_s: float = 0.0
     new_tokens: int = 0
     compile_s: float = 0.0
+    token_ids: list = dataclasses.field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -213,7 +216,6 @@ class TextGenerator:
         self.model, self.variables, self.directory = model, variables, directory
         self.processor = processor
         self.tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
-        self._loops: dict = {}
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, architecture: str | None = None, *,
@@ -265,16 +267,12 @@ class TextGenerator:
     def _loop(self, settings: Settings):
         from zoo.generation import DecodeLoop
 
-        key = (settings.max_new_tokens, settings.do_sample, settings.top_k, settings.num_return_sequences)
-        if key not in self._loops:  # one compiled pair per static setting; traced values are passed per call
-            self._loops.clear()
-        self._loops[key] = DecodeLoop(
+        return DecodeLoop(
             self.model, self.variables, max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
             temperature=settings.temperature, top_k=settings.top_k if settings.do_sample else 0,
             top_p=settings.top_p if settings.do_sample else 1.0, repetition_penalty=settings.repetition_penalty,
             min_new_tokens=settings.min_new_tokens, eos_token_id=settings.eos_token_id,
             pad_token_id=settings.pad_token_id, num_return_sequences=settings.num_return_sequences)
-        return self._loops[key]
 
     def stream(self, prompts: Sequence[Prompt | str], settings: Settings | None = None, *,
                stats: Stats | None = None) -> Iterator[Piece]:
@@ -317,7 +315,7 @@ class TextGenerator:
             text = stream.flush()
             if text:
                 yield Piece(row, text)
-        self.last_ids = [stream.ids for stream in rows]
+        stats.token_ids = [stream.ids for stream in rows]
 
     def generate(self, prompts: Sequence[Prompt | str], settings: Settings | None = None) -> Result:
         """Every row's decoded continuation (special tokens skipped) and the timings."""
@@ -326,7 +324,7 @@ class TextGenerator:
         for piece in self.stream(prompts, settings, stats=stats):
             texts.setdefault(piece.row, []).append(piece.text)
         return Result(texts=["".join(texts.get(row, [])) for row in range(stats.batch)],
-                      token_ids=self.last_ids, stats=stats)
+                      token_ids=stats.token_ids, stats=stats)
 
 
 def read_prompts_file(path: str | os.PathLike) -> list[Prompt]:
