@@ -1,5 +1,8 @@
 """Small file helpers shared by the checkpoint readers."""
 
+import os
+import signal
+
 import numpy as np
 
 from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
@@ -26,3 +29,23 @@ def read_exact(f, offset: int, buf: np.ndarray, path: str, what: str) -> None:
     got = f.readinto(buf)
     if got != buf.size:
         raise CorruptCheckpointError(f"{path}: truncated: {what} needs {buf.size} bytes at offset {offset}, got {got}")
+
+
+# ------------------------------------------------------------------ crash testing
+# ``ZOO_CRASH_AT=LABEL`` (or ``LABEL:N``, the N-th time it is reached) makes the process
+# SIGKILL itself at that named point; read once at import, one comparison when unset.
+_CRASH_LABEL, _, _CRASH_COUNT = os.environ.get("ZOO_CRASH_AT", "").partition(":")
+_CRASH_LEFT = [int(_CRASH_COUNT or 1)] if _CRASH_LABEL else None
+
+
+def crash_point(label: str) -> None:
+    """Kill this process with SIGKILL here when ``ZOO_CRASH_AT`` names ``label`` (crash tests).
+
+    Labels: ``tensor-written`` (a tensor of a safetensors file), ``file-before-rename``,
+    ``dir-before-rename``, ``dir-after-rename``, ``train-step``, ``checkpoint-saved``,
+    ``metrics-written``."""
+    if _CRASH_LEFT is None or label != _CRASH_LABEL:
+        return
+    _CRASH_LEFT[0] -= 1
+    if _CRASH_LEFT[0] <= 0:
+        os.kill(os.getpid(), signal.SIGKILL)

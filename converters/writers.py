@@ -1,9 +1,20 @@
-"""Atomic safetensors writers (single file and HF-style shards) and an atomic output directory."""
+"""Atomic safetensors writers (single file and HF-style shards) and an atomic output directory.
+
+Crash safety: every output is written under a temporary sibling name
+(``.<name>.<host>-<pid>-<hex>.tmp``) and renamed into place at the end, so a process killed at
+any point (SIGKILL, OOM) leaves either no output or a complete one. Before the rename the
+files and the temporary directory are fsynced, after it the parent directory: after a power
+loss or a kernel crash too (on a file system that honours fsync: ext4, xfs, APFS; not
+necessarily NFS) the output is absent or complete. What a killed writer leaves behind is
+removed by the next writer of the same output on the same host (its pid no longer runs).
+"""
 
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import struct
 import uuid
 from typing import Callable, Iterator, Mapping
@@ -11,7 +22,7 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 
 from .dtypes import SAFETENSORS_CODES
-from .fileio import byte_view
+from .fileio import byte_view, crash_point
 
 
 def save_safetensors(tensors: Mapping[str, np.ndarray], path, metadata: dict[str, str] | None = None) -> None:
@@ -49,6 +60,7 @@ def save_safetensors_streamed(specs: Mapping[str, tuple[np.dtype, tuple[int, ...
                                  f"{specs[name][0]} {specs[name][1]}")
             f.write(byte_view(_little_endian(arr)))
             del arr
+            crash_point("tensor-written")
 
     _write_atomic(os.fspath(path), write)
 
@@ -96,15 +108,90 @@ def atomic_directory(final_path) -> Iterator[str]:
     parent = os.path.dirname(final)
     created = _first_missing_ancestor(parent)
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(final)}.{uuid.uuid4().hex[:12]}.tmp")
+    remove_stale_temporaries(final)
+    tmp = _temporary_name(final)
     os.mkdir(tmp)
     try:
         yield tmp
+        _fsync_tree(tmp)
+        crash_point("dir-before-rename")
         _refuse_existing(final)
         os.replace(tmp, final)
+        _fsync_dir(parent)
+        crash_point("dir-after-rename")
     except BaseException:
         shutil.rmtree(created or tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_temporaries(final_path) -> list[str]:
+    """Delete the temporary siblings of `final_path` that writers on this host which no longer
+    run left behind (killed mid-write); returns their paths. Those of live processes, and of
+    other hosts (a shared file system), are kept."""
+    final = os.path.abspath(os.fspath(final_path))
+    parent, name = os.path.split(final)
+    pattern = re.compile(rf"\.{re.escape(name)}\.(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{{12}}\.tmp")
+    host, removed = _host(), []
+    try:
+        entries = os.listdir(parent)
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry)
+        if m is None or m["host"] != host or _alive(int(m["pid"])):
+            continue
+        path = os.path.join(parent, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        removed.append(path)
+    return removed
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+
+
+def _temporary_name(final: str) -> str:
+    parent, name = os.path.split(final)
+    return os.path.join(parent, f".{name}.{_host()}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: str) -> None:
+    """fsync every file under `root`, then every directory (deepest first)."""
+    for directory, _, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(directory)
 
 
 def _check_name(name) -> None:
@@ -162,14 +249,17 @@ def _plan_shards(tensors: Mapping[str, np.ndarray], max_shard_bytes: int) -> lis
 
 def _write_atomic(path: str, write: Callable) -> None:
     """Call ``write(f)`` on a temporary sibling file, then rename it to `path`; clean up on failure."""
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    path = os.path.abspath(path)
+    remove_stale_temporaries(path)
+    tmp = _temporary_name(path)
     try:
         with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        crash_point("file-before-rename")
         os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(path))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
