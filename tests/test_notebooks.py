@@ -32,6 +32,7 @@ DRAWS = {
     "data2vec_text_masked_lm.ipynb",
     "data2vec_vision_semantic_segmentation.ipynb",
     "groupvit_zero_shot_segmentation.ipynb",
+    "idefics_image_to_text.ipynb",
     "sew_d_speech_recognition.ipynb",
     "sharded_finetuning.ipynb",
 }
