@@ -49,6 +49,7 @@ from zoo.nn.bert import (
     self_attention_setup,
     text_inputs,
 )
+from zoo.nn.inputs import check_length, check_mask, text_input_name
 from zoo.nn.kv_cache import KVCache
 from zoo.nn.layers import ACT2FN, Dense, LayerNorm
 from zoo.nn.module import PretrainedModule
@@ -242,9 +243,7 @@ class BigBirdModel(PretrainedModule):
             pad = (-length) % cfg.block_size
             if attention_mask is None:
                 attention_mask = jnp.ones((batch, length), jnp.int32)
-            attention_mask = jnp.asarray(attention_mask)
-            if attention_mask.shape != (batch, length):
-                raise ValueError(f"attention_mask must have shape {(batch, length)}, got {attention_mask.shape}")
+            attention_mask = check_mask("attention_mask", attention_mask, (batch, length))
             if token_type_ids is None:
                 token_type_ids = jnp.zeros((batch, length), jnp.int32)
             if pad and inputs_embeds is not None:  # HF pads with the embedded padding token
@@ -264,6 +263,10 @@ class BigBirdModel(PretrainedModule):
             attention_fn = self.dense_attention()
         encoder_hidden_states, encoder_mask = cross_attention_inputs(
             encoder_hidden_states, encoder_attention_mask, length)
+        if position_ids is None:
+            used = length + (pad if sparse else 0) if cache is None else cache.max_length  # HF pads to blocks first
+            check_length(text_input_name(input_ids, cache), used,
+                         cfg.max_position_embeddings, f"max_position_embeddings={cfg.max_position_embeddings}")
 
         x = embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past_length, deterministic)
         enc = BertEncoder(cfg, attention_fn, self.dtype, self.param_dtype, self.scan_layers, self.remat_policy,

@@ -27,6 +27,7 @@ from zoo.nn.bert import (
     text_inputs,
     vocab_logits,
 )
+from zoo.nn.inputs import check_length, text_input_name
 from zoo.nn.kv_cache import KVCache
 from zoo.nn.layers import ACT2FN, Dense, LayerNorm, activation
 from zoo.nn.module import PretrainedModule
@@ -185,6 +186,11 @@ class Data2VecTextModel(PretrainedModule):
             cfg, attention_mask, batch, length, past_key_values, use_cache, self.dtype)
         encoder_hidden_states, encoder_mask = cross_attention_inputs(
             encoder_hidden_states, encoder_attention_mask, length)
+        if position_ids is None:  # fairseq positions start after padding_idx
+            check_length(text_input_name(input_ids, cache), length if cache is None else cache.max_length,
+                         cfg.max_position_embeddings - cfg.pad_token_id - 1,
+                         f"max_position_embeddings={cfg.max_position_embeddings} less pad_token_id + 1: "
+                         "positions start after the padding index")
 
         x = Data2VecTextEmbeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(
             input_ids, token_type_ids, position_ids, inputs_embeds, past_length, deterministic

@@ -28,6 +28,7 @@ from zoo.attention.block_sparse import layer_index
 from zoo.attention.dense import dot_product_attention
 from zoo.nn import kv_cache, masks, scan
 from zoo.nn.attention_projection import QKVProjection
+from zoo.nn.inputs import check_mask, check_text
 from zoo.nn.layers import Dense, Embed, LayerNorm, activation
 
 Array = jax.Array
@@ -384,30 +385,10 @@ def init_cache(config: Any, batch_size: int, max_length: int, dtype=jnp.float32)
                                    config.hidden_size // config.num_attention_heads, dtype)
 
 
-def _as_int(x, name: str, ndim: int) -> Array | None:
-    if x is None:
-        return None
-    x = jnp.asarray(x)
-    if x.ndim != ndim or not jnp.issubdtype(x.dtype, jnp.integer):
-        raise ValueError(f"{name} must be an integer array of rank {ndim}, got shape {x.shape} dtype {x.dtype}")
-    return x
-
-
 def text_inputs(config: Any, input_ids, token_type_ids, position_ids, inputs_embeds):
-    """Checked ``(input_ids, token_type_ids, position_ids, inputs_embeds, batch, length)``:
-    exactly one of ids / embeddings, integer ``[B, L]`` ids, ``[B, L, hidden]`` embeddings."""
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("pass exactly one of input_ids or inputs_embeds")
-    input_ids = _as_int(input_ids, "input_ids", 2)
-    token_type_ids = _as_int(token_type_ids, "token_type_ids", 2)
-    position_ids = _as_int(position_ids, "position_ids", 2)
-    if inputs_embeds is not None:
-        inputs_embeds = jnp.asarray(inputs_embeds)
-        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != config.hidden_size:
-            raise ValueError(f"inputs_embeds must be [batch, length, {config.hidden_size}], "
-                             f"got shape {inputs_embeds.shape}")
-    batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
-    return input_ids, token_type_ids, position_ids, inputs_embeds, batch, length
+    """Checked ``(input_ids, token_type_ids, position_ids, inputs_embeds, batch, length)``
+    (:func:`zoo.nn.inputs.check_text`)."""
+    return check_text(config, input_ids, token_type_ids, position_ids, inputs_embeds)
 
 
 def flatten_choices(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
@@ -462,12 +443,8 @@ def self_attention_setup(config: Any, attention_mask: Array | None, batch: int, 
     past_length = 0 if cache is None else cache.length
     query_positions = jnp.arange(length) + past_length
     key_length = length if cache is None else cache.max_length
-    if attention_mask is not None:
-        attention_mask = jnp.asarray(attention_mask)
-        if attention_mask.shape != (batch, key_length):
-            raise ValueError(f"attention_mask must have shape {(batch, key_length)} "
-                             f"(batch, {'cache max_length' if cache is not None else 'length'}), "
-                             f"got {attention_mask.shape}")
+    attention_mask = check_mask("attention_mask", attention_mask, (batch, key_length),
+                                "[batch, cache max_length]" if cache is not None else "[batch, length]")
     mask = masks.padding_mask(attention_mask, length)
     if config.is_decoder:
         mask = masks.combine(mask, masks.causal_mask(query_positions, key_length))
