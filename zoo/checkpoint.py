@@ -162,6 +162,11 @@ class Checkpointer:
         return self._manager.save(step, force=force, args=ocp.args.Composite(
             **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(metadata)}))
 
+    def should_save(self, step: int) -> bool:
+        """Whether ``save(step, ...)`` (without ``force``) would write: ``step`` is a multiple
+        of ``save_every`` after the latest saved step."""
+        return self._manager.should_save(step)
+
     def wait(self) -> None:
         """Blocks until an asynchronous save has finished (no-op otherwise)."""
         self._manager.wait_until_finished()

@@ -42,6 +42,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from converters.fileio import crash_point
 from zoo import distributed, parallel, pretrained, train
 from zoo.tasks import get_task, head_architecture, load_dataset
 
@@ -114,11 +115,10 @@ class _Log:
         self.path = output / METRICS_FILE
         self.unit = unit
         if self.primary:
-            lines = []
-            if self.path.exists():  # a resumed run: drop what came after the checkpoint
-                lines = [ln for ln in self.path.read_text().splitlines()
-                         if ln.strip() and json.loads(ln).get("step", 0) <= start]
-            self.path.write_text("".join(ln + "\n" for ln in lines))
+            lines = _kept_lines(self.path, start) if self.path.exists() else []
+            text = "".join(ln + "\n" for ln in lines)
+            if not self.path.exists() or self.path.read_text() != text:
+                _write_text_atomically(self.path, text)
         self.bar = None
         if progress and self.primary and end > start:
             from tqdm import tqdm
@@ -131,6 +131,7 @@ class _Log:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        crash_point("metrics-written")
         if self.bar is not None:
             self.bar.update(record["step"] - self.bar.n)
             post = {"loss": f"{record['loss']:.4f}"}
@@ -145,6 +146,29 @@ class _Log:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _kept_lines(path: Path, start: int) -> list[str]:
+    """The lines of a resumed run's metrics log up to step ``start`` (those after the
+    checkpoint are run again); a line a killed run left half-written is dropped."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= start:
+            kept.append(line)
+    return kept
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class _Meter:
@@ -258,9 +282,15 @@ def finetune(recipe: train.Recipe | str | os.PathLike, checkpoint: str | os.Path
                 meter.steps, meter.units = meter.steps + 1, meter.units + units
                 done = step + 1
                 pending = (done, metrics) if done % log_every == 0 or done == end else None
-                before = time.perf_counter()
-                if ckpt.save(done, state, {**meta, "step": done}):
+                crash_point("train-step")
+                if ckpt.should_save(done):
+                    if pending is not None:  # logged before the checkpoint: a resume never loses it
+                        log.write(meter.record(*pending))
+                        pending = None
+                    before = time.perf_counter()
+                    ckpt.save(done, state, {**meta, "step": done})
                     meter.paused += time.perf_counter() - before
+                    crash_point("checkpoint-saved")
             if pending is not None:
                 log.write(meter.record(*pending))
             if end > start and end not in ckpt.all_steps():
@@ -268,8 +298,8 @@ def finetune(recipe: train.Recipe | str | os.PathLike, checkpoint: str | os.Path
         finally:
             log.close()
     model_dir = None
-    if save_model and end > start:
-        model_dir = _save_model(output, model, state, source)
+    if save_model and (end > start or not (output / MODEL_DIR / pretrained.CONFIG_NAME).is_file()):
+        model_dir = _save_model(output, model, state, source)  # also when a killed run did not write it
     return FinetuneResult(output=output, architecture=architecture, start_step=start, end_step=max(start, end),
                           losses=meter.losses, model_dir=model_dir)
 
@@ -312,9 +342,8 @@ def _save_model(output: Path, model, state: train.TrainState, source: Path) -> P
     if distributed.is_primary():
         if target.exists():
             shutil.rmtree(target)
-        pretrained.save_pretrained(target, model, variables)
-        for path in pretrained.auxiliary_files(source):
-            shutil.copy2(path, target / path.name)
+        # all or nothing (written to a temporary sibling, renamed at the end), tokenizer files included
+        pretrained.save_pretrained(target, model, variables, extra_files=pretrained.auxiliary_files(source))
     distributed.sync("zoo-finetune-model")
     return target
 
