@@ -6,8 +6,15 @@ Generic rules (both directions):
 * ``weight`` of a Linear <-> ``kernel`` transposed; of a Conv <-> ``kernel`` with the
   spatial axes first (``[out, in, k]`` <-> ``[k, in, out]``); of a LayerNorm <-> ``scale``;
   of an Embedding <-> ``embedding``. Which one applies is read off the target tree.
-* weight norm: ``weight_g``/``weight_v`` and ``parametrizations.weight.original0/1``
-  both import as ``weight_g``/``weight_v`` (export writes the parametrizations spelling).
+* weight norm: ``parametrizations.weight.original0/1`` <-> ``weight_g``/``weight_v``.
+* legacy spellings (import only, :data:`LEGACY_RENAMES`): before matching, a key is
+  respelled as HF 5.23's ``legacy`` renamings do on load (``LayerNorm.gamma``/``beta`` ->
+  ``LayerNorm.weight``/``bias``, ``.weight_g``/``.weight_v`` ->
+  ``.parametrizations.weight.original0/1``), and the wrapper prefixes of
+  ``torch.compile`` (``_orig_mod.``) and DDP (``module.``) are dropped; HF 5.23 itself
+  does *not* drop those two (it initialises every parameter afresh). Each respelled key
+  is listed in ``ConversionReport.renamed``; two spellings of one key in one checkpoint
+  are an error. Export always writes today's spelling.
 * batch norm: ``running_mean``/``running_var``/``num_batches_tracked`` <->
   ``batch_stats/<module>/mean``/``var``/``num_batches_tracked`` (Flax's ``batch_stats``
   collection; the counter is int32 in JAX and exported as PyTorch's int64).
@@ -40,6 +47,58 @@ BATCH_STATS = "batch_stats"
 _BATCH_STATS = {"running_mean": "mean", "running_var": "var", "num_batches_tracked": "num_batches_tracked"}
 # torch weight [out, in, *spatial] -> flax kernel [*spatial, in, out]
 _TO_FLAX_AXES = {2: (1, 0), 3: (2, 1, 0), 4: (2, 3, 1, 0), 5: (2, 3, 4, 1, 0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LegacyRename:
+    """One respelling of an old checkpoint key into today's (``name`` is what reports show)."""
+
+    name: str
+    pattern: re.Pattern
+    replacement: str
+
+    def apply(self, key: str) -> str | None:
+        """The respelled key, or None when the rule does not apply. Like HF's
+        ``WeightRenaming``: the first match anywhere in the key, ending on a name boundary."""
+        m = self.pattern.search(key)
+        return None if m is None else key.replace(m.group(0), self.replacement, 1)
+
+
+def _hf_rename(source: str, target: str) -> LegacyRename:
+    # HF's patterns are regexes as written ("." matches any character) ending on a name boundary
+    return LegacyRename(f"{source.lstrip('.')} -> {target.lstrip('.')}", re.compile(source + r"(?!\w)"), target)
+
+
+# In HF 5.23's order (transformers.conversion_mapping, mapping["legacy"], applied on every load).
+# Its last legacy rule (``^model.language_model.model`` of ALM checkpoints) concerns no family here.
+LEGACY_RENAMES: tuple[LegacyRename, ...] = (
+    LegacyRename("_orig_mod. prefix", re.compile(r"^_orig_mod\."), ""),  # torch.compile wrapper (not HF)
+    LegacyRename("module. prefix", re.compile(r"^module\."), ""),  # DistributedDataParallel wrapper (not HF)
+    _hf_rename("LayerNorm.gamma", "LayerNorm.weight"),
+    _hf_rename("LayerNorm.beta", "LayerNorm.bias"),
+    _hf_rename(".weight_g", ".parametrizations.weight.original0"),
+    _hf_rename(".weight_v", ".parametrizations.weight.original1"),
+)
+
+
+def legacy_respelling(key: str) -> tuple[str, tuple[str, ...]]:
+    """A PyTorch key in today's spelling and the names of the :data:`LEGACY_RENAMES` applied
+    (wrapper prefixes are dropped as often as they occur: ``module._orig_mod.x`` -> ``x``)."""
+    applied = []
+    changed = True
+    while changed:
+        changed = False
+        for rule in LEGACY_RENAMES[:2]:
+            new = rule.apply(key)
+            if new is not None and new:
+                key, changed = new, True
+                applied.append(rule.name)
+    for rule in LEGACY_RENAMES[2:]:
+        new = rule.apply(key)
+        if new is not None:
+            key = new
+            applied.append(rule.name)
+    return key, tuple(applied)
 
 
 def _inverse(axes: tuple[int, ...]) -> tuple[int, ...]:
@@ -87,9 +146,22 @@ class ConversionReport:
     ignored: list[str] = dataclasses.field(default_factory=list)  # declared buffers dropped
     mismatched: list[str] = dataclasses.field(default_factory=list)  # keys dropped for their shape
     prefix: str | None = None  # "added" / "removed" when the base-model prefix was adjusted
+    renamed: dict[str, str] = dataclasses.field(default_factory=dict)  # legacy spelling -> today's key
+
+    def rename_counts(self) -> dict[str, int]:
+        """Keys respelled per legacy rule, in :data:`LEGACY_RENAMES` order, e.g.
+        ``{"LayerNorm.gamma -> LayerNorm.weight": 8}``."""
+        counts = {rule.name: 0 for rule in LEGACY_RENAMES}  # in the rules' order
+        for key in self.renamed:
+            for name in legacy_respelling(key)[1]:
+                counts[name] += 1
+        return {name: n for name, n in counts.items() if n}
 
     def summary(self) -> str:
         parts = []
+        if self.renamed:
+            rules = ", ".join(f"{name} x {n}" for name, n in self.rename_counts().items())
+            parts.append(f"{len(self.renamed)} legacy keys renamed ({rules})")
         if self.prefix:
             parts.append(f"base-model prefix {self.prefix}")
         if self.unused:
@@ -350,8 +422,18 @@ def plan_params(
         raise ValueError("ignore_mismatched_sizes needs shape_of (the checkpoint's shapes)")
     torch_layout = layout == "torch"
     sep = "." if torch_layout else "/"
-    keys = list(keys)
+    stored = list(keys)  # as the checkpoint spells them: what TensorSource.key and the report name
     report = ConversionReport()
+    spelled: dict[str, str] = {}  # today's spelling -> stored key
+    for key in stored:
+        today = legacy_respelling(key)[0] if torch_layout else key
+        if today in spelled:
+            raise KeyMappingError(f"{source}: keys {spelled[today]!r} and {key!r} are two spellings of "
+                                  f"{today!r} (legacy and current); keep one")
+        spelled[today] = key
+        if today != key:
+            report.renamed[key] = today
+    keys = list(spelled)
     prefix = table.base_model_prefix + sep
 
     def body_part(key: str) -> tuple[str, str]:
@@ -379,6 +461,7 @@ def plan_params(
     mismatched: set[str] = set()
 
     def make_source(key: str, path: str) -> TensorSource | None:
+        key = spelled[key]
         src = TensorSource(key, path, torch_layout=torch_layout)
         if shape_of is not None:
             shape = src.flax_shape(tuple(shape_of(key)))
@@ -398,17 +481,17 @@ def plan_params(
         path = framed if framed is None or not torch_layout else torch_to_flax_path(framed, table, expected)
         if path is not None and path in expected:
             if path in sources:
-                raise KeyMappingError(f"{source}: keys {sources[path].key!r} and {key!r} both map to {path}")
+                raise KeyMappingError(f"{source}: keys {sources[path].key!r} and {spelled[key]!r} both map to {path}")
             src = make_source(key, path)
             if src is not None:
                 sources[path] = src
         elif framed is not None and framed in aliases:
-            report.aliased.append(key)
+            report.aliased.append(spelled[key])
             alias_sources[aliases[framed]] = key
         elif any(p.search(key) for p in ignore):
-            report.ignored.append(key)
+            report.ignored.append(spelled[key])
         else:
-            report.unused.append(key)
+            report.unused.append(spelled[key])
 
     allowed = [re.compile(p) for p in table.init_if_missing]
     name = (lambda p: flax_to_torch_key(p, table)) if torch_layout else (lambda p: p)
@@ -419,7 +502,7 @@ def plan_params(
         if target in alias_sources and path not in mismatched:  # only the tied duplicate is in the checkpoint
             key = alias_sources[target]
             src = make_source(key, path)
-            report.aliased.remove(key)
+            report.aliased.remove(spelled[key])
             if src is not None:
                 sources[path] = src
                 continue
