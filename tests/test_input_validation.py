@@ -240,3 +240,15 @@ def test_checks_add_nothing_to_the_compiled_function():
     hlo = lambda **kw: jax.jit(lambda p, i, m: module.apply(p, input_ids=i, attention_mask=m, **kw)).lower(
         params, ids, ids).as_text()
     assert hlo() == hlo(position_ids=None)
+
+
+def test_zoo_run_refuses_out_of_range_ids(capsys):
+    """``zoo run --input-ids`` checks the ids (it used to fold them into the vocabulary)."""
+    from zoo.assets import TINY_TEXT_CHECKPOINT
+    from zoo.cli import main
+
+    assert main(["run", str(TINY_TEXT_CHECKPOINT), "--input-ids", "0 5 100000"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("zoo: error: --input-ids: input_ids must be in [0, ") and "got values 0..100000" in err
+    assert main(["run", str(TINY_TEXT_CHECKPOINT), "--input-ids", "0 5 -3"]) == 1
+    assert "got values -3..5" in capsys.readouterr().err

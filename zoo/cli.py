@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a checkpoint on token ids, audio or an image and print its predictions")
     p.add_argument("checkpoint")
-    p.add_argument("--input-ids", default=DEFAULT_INPUT_IDS,
-                   help="text models: space-separated token ids (ids >= vocab_size are folded into range)")
+    p.add_argument("--input-ids", default=None,
+                   help="text models: space-separated token ids in [0, vocab_size) (others are refused; "
+                        "default: a sample sequence, taken modulo vocab_size)")
     p.add_argument("--text", help="text models: a text, tokenized with the checkpoint's tokenizer.json "
                                   "(instead of --input-ids)")
     p.add_argument("--audio", help="audio models: a PCM WAV file (CTC heads print the transcription)")
@@ -227,11 +228,18 @@ def cmd_run(args) -> None:
         ids = Tokenizer.from_pretrained(src)(args.text)["input_ids"]
         if not ids:
             raise ValueError("--text tokenized to no tokens")
+    elif args.input_ids is None:  # only the built-in sample is folded into the vocabulary
+        ids = [i % model.config.vocab_size for i in _parse_ids(DEFAULT_INPUT_IDS)]
     else:
         ids = _parse_ids(args.input_ids)
         if not ids:
             raise ValueError("--input-ids is empty")
-        ids = [i % model.config.vocab_size for i in ids]
+        from zoo.nn.inputs import check_inputs
+
+        try:
+            check_inputs(model.config, input_ids=[ids])
+        except ValueError as e:
+            raise ValueError(f"--input-ids: {e}") from None
     pred = inference.predict_text(model, variables, [ids], top_k=top_k)
     print(f"{name} on {pred.num_tokens} tokens")
     _print_prediction(pred, top_k)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.nn.inputs import check_inputs
 from zoo.preprocessing import (
     audio_feature_extractor_for,
     ctc_decoder_for,
@@ -81,16 +82,14 @@ def _id2label(config) -> Mapping[int, str]:
 
 
 def predict_text(model, variables: Mapping, input_ids, *, top_k: int = 5) -> Prediction:
-    """``input_ids [1, L]`` (or ``[L]``) through a text model; ids must be in ``[0, vocab_size)``."""
+    """``input_ids [1, L]`` (or ``[L]``) through a text model; ids must be in ``[0, vocab_size)``
+    (:func:`zoo.check_inputs` refuses others: inside jit they would be clamped silently)."""
     ids = np.asarray(input_ids)
     ids = ids[None] if ids.ndim == 1 else ids
     if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
         raise ValueError(f"predict_text takes one non-empty sequence of token ids, got shape {ids.shape}")
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
     cfg = model.config
-    if ids.min() < 0 or ids.max() >= cfg.vocab_size:
-        raise ValueError(f"token ids must be in [0, vocab_size={cfg.vocab_size}), got {ids.min()}..{ids.max()}")
+    check_inputs(cfg, input_ids=ids)
     name = type(model).__name__
     out = model.apply(variables, input_ids=ids[:, None] if name.endswith("ForMultipleChoice") else ids)
     pred = Prediction(architecture=name, num_tokens=int(ids.shape[-1]), input_ids=ids[0])
@@ -116,6 +115,7 @@ def predict_audio(model, variables: Mapping, samples, sampling_rate: int, *,
     decoder = ctc_decoder_for(directory) if name.endswith("ForCTC") else None  # fail before the model runs
     extractor = audio_feature_extractor_for(directory)
     inputs = extractor(to_mono(np.asarray(samples)), sampling_rate=sampling_rate, return_attention_mask=True)
+    check_inputs(model.config, input_values=inputs["input_values"], attention_mask=inputs["attention_mask"])
     out = model.apply(variables, input_values=inputs["input_values"], attention_mask=inputs["attention_mask"])
     pred = Prediction(architecture=name)
     if decoder is not None:
@@ -138,6 +138,7 @@ def predict_image(model, variables: Mapping, image, *, directory: str | os.PathL
 
     processor = image_processor_for(directory, model.config)
     pixel_values = processor(image)["pixel_values"]
+    check_inputs(model.config, pixel_values=pixel_values)
     out = jax.jit(lambda v, x: model.apply(v, x))(variables, pixel_values)
     name = type(model).__name__
     pred = Prediction(architecture=name, image_size=(image.width, image.height),
@@ -165,6 +166,8 @@ def zero_shot(model, variables: Mapping, image, input_ids, attention_mask, *, na
     if len(names) != len(input_ids):
         raise ValueError(f"{len(names)} names for {len(input_ids)} texts")
     pixel_values = image_processor_for(directory, model.config)(image)["pixel_values"]
+    check_inputs(model.config, input_ids=np.asarray(input_ids), attention_mask=np.asarray(attention_mask),
+                 pixel_values=pixel_values)
     out = jax.jit(lambda v, i, m, x: model.apply(v, input_ids=i, attention_mask=m, pixel_values=x,
                                                  output_segmentation=segment))(
         variables, np.asarray(input_ids), np.asarray(attention_mask), pixel_values)

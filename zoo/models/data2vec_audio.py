@@ -20,6 +20,7 @@ from zoo.config import ZooConfig, config_dataclass
 from zoo.nn import audio, losses
 from zoo.nn.audio_heads import AudioHead, CTCHead, SequenceClassificationHead
 from zoo.nn.layers import ACT2FN, normal_init, zeros_init
+from zoo.nn.inputs import check_audio, check_mask
 from zoo.nn.module import PretrainedModule
 from zoo.nn.spec_augment import apply_spec_augment
 
@@ -113,13 +114,6 @@ KEY_TABLE = KeyTable(
 LAYER_LAYOUT = tuple(f"encoder/{name}" for name in audio.Encoder.layer_names)
 
 
-def _as_waveform(input_values) -> Array:
-    x = jnp.asarray(input_values)
-    if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"input_values must be a float array [batch, samples], got shape {x.shape} dtype {x.dtype}")
-    return x
-
-
 class Data2VecAudioModel(PretrainedModule):
     """``[B, T]`` waveform -> ``last_hidden_state [B, F, hidden]`` (F frames, ~T / 320).
 
@@ -147,16 +141,12 @@ class Data2VecAudioModel(PretrainedModule):
                  output_hidden_states=False, deterministic=True) -> out.Wav2Vec2BaseModelOutput:
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        waveform = _as_waveform(input_values)
+        waveform, attention_mask = check_audio(cfg, input_values, attention_mask)
         features = audio.FeatureEncoder(cfg, name="feature_extractor", **kw)(waveform)
         if self.freeze_feature_encoder:
             features = jax.lax.stop_gradient(features)
         frames = None
         if attention_mask is not None:
-            attention_mask = jnp.asarray(attention_mask)
-            if attention_mask.shape != waveform.shape:
-                raise ValueError(f"attention_mask must have the shape of input_values {waveform.shape}, "
-                                 f"got {attention_mask.shape}")
             frames = audio.frame_mask(cfg, attention_mask, features.shape[1], add_adapter=False)
         hidden, extract_features = audio.FeatureProjection(cfg, name="feature_projection", **kw)(
             features, deterministic)
@@ -176,7 +166,9 @@ class Data2VecAudioModel(PretrainedModule):
                 mask_time_min_masks=cfg.mask_time_min_masks, mask_feature_prob=cfg.mask_feature_prob,
                 mask_feature_length=cfg.mask_feature_length, mask_feature_min_masks=cfg.mask_feature_min_masks,
                 lengths=None if frames is None else frames.sum(-1),
-                mask_time_indices=None if mask_time_indices is None else jnp.asarray(mask_time_indices, bool),
+                mask_time_indices=None if mask_time_indices is None else check_mask(
+                    "mask_time_indices", mask_time_indices, (waveform.shape[0], features.shape[1]), "[batch, frames]"
+                ).astype(bool),
                 deterministic=deterministic, apply_spec_augment=cfg.apply_spec_augment,
             )
 

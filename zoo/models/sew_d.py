@@ -31,6 +31,7 @@ from zoo.nn.attention_projection import QKVProjection
 from zoo.nn.bert import BertIntermediate, BertResidualOutput
 from zoo.nn.audio_heads import AudioHead, CTCHead, SequenceClassificationHead
 from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation, zeros_init
+from zoo.nn.inputs import check_audio, check_mask
 from zoo.nn.module import PretrainedModule
 from zoo.nn.spec_augment import apply_spec_augment
 
@@ -364,10 +365,7 @@ class SEWDModel(PretrainedModule):
                  output_hidden_states=False, deterministic=True) -> out.BaseModelOutputWithPoolingAndCrossAttentions:
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        waveform = jnp.asarray(input_values)
-        if waveform.ndim != 2 or not jnp.issubdtype(waveform.dtype, jnp.floating):
-            raise ValueError(f"input_values must be a float array [batch, samples], got shape {waveform.shape} "
-                             f"dtype {waveform.dtype}")
+        waveform, attention_mask = check_audio(cfg, input_values, attention_mask)
         features = audio.FeatureEncoder(cfg, name="feature_extractor", **kw)(waveform)
         if self.freeze_feature_encoder:
             features = jax.lax.stop_gradient(features)
@@ -378,10 +376,6 @@ class SEWDModel(PretrainedModule):
         x = nn.Dropout(cfg.feat_proj_dropout)(x, deterministic=deterministic)
         frames = None
         if attention_mask is not None:
-            attention_mask = jnp.asarray(attention_mask)
-            if attention_mask.shape != waveform.shape:
-                raise ValueError(f"attention_mask must have the shape of input_values {waveform.shape}, "
-                                 f"got {attention_mask.shape}")
             frames = audio.frame_mask(cfg, attention_mask, x.shape[1], add_adapter=False)
         if cfg.mask_time_prob > 0.0 or cfg.mask_feature_prob > 0.0:
             embed = self.param("masked_spec_embed", nn.with_logical_partitioning(
@@ -392,7 +386,9 @@ class SEWDModel(PretrainedModule):
                 mask_time_prob=cfg.mask_time_prob, mask_time_length=cfg.mask_time_length,
                 mask_time_min_masks=cfg.mask_time_min_masks, mask_feature_prob=cfg.mask_feature_prob,
                 mask_feature_length=cfg.mask_feature_length, mask_feature_min_masks=cfg.mask_feature_min_masks,
-                mask_time_indices=None if mask_time_indices is None else jnp.asarray(mask_time_indices, bool),
+                mask_time_indices=None if mask_time_indices is None else check_mask(
+                    "mask_time_indices", mask_time_indices, (waveform.shape[0], x.shape[1]), "[batch, frames]"
+                ).astype(bool),
                 deterministic=deterministic, apply_spec_augment=cfg.apply_spec_augment,
             )
         elif mask_time_indices is not None:
