@@ -32,6 +32,7 @@ A point is *recovered bit-exactly* when, after the kill(s):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -58,6 +59,7 @@ METRIC_FIELDS = ("step", "loss", "grad_norm", "learning_rate", "accuracy", "epoc
 CONVERT_LABELS = ("tensor-written", "file-before-rename", "dir-before-rename", "dir-after-rename")
 FINETUNE_LABELS = ("train-step", "checkpoint-saved", "metrics-written", "tensor-written", "file-before-rename",
                    "dir-before-rename", "dir-after-rename")
+HUNG = 124  # Runner.run's return code for a process that did not end within timeout_s
 ORBAX_TMP = "checkpoints/*.orbax-checkpoint-tmp*"
 
 
@@ -76,7 +78,7 @@ class Outcome:
 class Runner:
     """Runs ``python -m zoo`` processes in ``work`` with a shared JAX compilation cache."""
 
-    def __init__(self, work: Path, timeout_s: float = 300.0):
+    def __init__(self, work: Path, timeout_s: float = 120.0):
         self.work, self.timeout_s = Path(work), timeout_s
         self.cache = self.work / "jax-cache"
         self.cache.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,7 @@ class Runner:
         env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(self.cache),
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
                    PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                   TQDM_DISABLE="1")
+                   TQDM_DISABLE="1", PYTHONFAULTHANDLER="1")
         if crash_at:
             env["ZOO_CRASH_AT"] = crash_at
         return env
@@ -110,13 +112,25 @@ class Runner:
                             break
                         time.sleep(0.001)
                     _wait_or_kill(proc, time.monotonic() + float(extra or 0))
-                proc.wait(timeout=self.timeout_s)
+                proc.wait(timeout=max(1.0, self.timeout_s - (time.monotonic() - began)))
+            except subprocess.TimeoutExpired:  # hung: SIGABRT makes faulthandler print every thread's stack
+                os.kill(proc.pid, signal.SIGABRT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+                err.seek(0)
+                stacks = err.read().decode(errors="replace")[-3000:]
+                return HUNG, f"hung: still running after {self.timeout_s:.0f} s; its stacks:\n{stacks}"
             finally:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
             err.seek(0)
             return proc.returncode, err.read().decode(errors="replace")
+
+
+def _why(rc: int, err: str) -> str:
+    """What went wrong with a run: its last stderr line, or a hung run's stacks."""
+    return err if rc == HUNG else f"rc {rc}: " + " ".join(err.strip().splitlines()[-1:])
 
 
 def _wait_or_kill(proc: subprocess.Popen, deadline: float) -> None:
@@ -146,7 +160,7 @@ class OutputCase:
         rc, err = runner.run([*args, str(ref)])
         self.seconds = time.monotonic() - began
         if rc != 0:
-            raise RuntimeError(f"the clean `zoo {' '.join(args)}` failed: {err.strip().splitlines()[-1:]}")
+            raise RuntimeError(f"the clean `zoo {' '.join(args)}` failed: {_why(rc, err)}")
         self.reference = tree_digest(ref)
         self.reference_dir = ref
 
@@ -159,7 +173,7 @@ class OutputCase:
         killed = rc == -signal.SIGKILL
         problems = []
         if not killed and rc != 0:
-            problems.append(f"the killed run failed instead: {err.strip().splitlines()[-1:]}")
+            problems.append(f"the killed run failed instead: {_why(rc, err)}")
         after_kill = tree_digest(out)
         complete = after_kill == self.reference
         if after_kill and not complete:
@@ -169,7 +183,7 @@ class OutputCase:
             if rc2 == 0 or "already exists" not in err2:
                 problems.append(f"the rerun onto the complete output did not refuse (rc {rc2})")
         elif rc2 != 0:
-            problems.append(f"the rerun failed: {err2.strip().splitlines()[-1:]}")
+            problems.append(f"the rerun failed: {_why(rc2, err2)}")
         if tree_digest(out) != self.reference:
             problems.append("the rerun's output differs from a clean run's")
         left = sorted(set(os.listdir(parent)) - {"out"})
@@ -218,7 +232,7 @@ class FinetuneCase:
         rc, err = runner.run([*FINETUNE, "--output", str(ref)])
         self.seconds = time.monotonic() - began
         if rc != 0:
-            raise RuntimeError(f"the clean zoo finetune failed: {err.strip().splitlines()[-1:]}")
+            raise RuntimeError(f"the clean zoo finetune failed: {_why(rc, err)}")
         self.metrics, self.model = _metrics(ref), tree_digest(ref / "model")
         if check_determinism:  # a second clean run (its programs now in the compilation cache)
             began = time.monotonic()
@@ -238,11 +252,11 @@ class FinetuneCase:
             half.append(bool(glob.glob(str(output / ORBAX_TMP))))
             if rc != -signal.SIGKILL:  # it finished first: the rest of the chain has nothing to kill
                 if rc != 0:
-                    problems.append(f"a run after {tried[:-1]} failed: {err.strip().splitlines()[-1:]}")
+                    problems.append(f"a run after {tried[:-1]} failed: {_why(rc, err)}")
                 break
         rc, err = self.runner.run([*FINETUNE, "--output", str(output)])
         if rc != 0:
-            problems.append(f"the final rerun failed: {err.strip().splitlines()[-1:]}")
+            problems.append(f"the final rerun failed: {_why(rc, err)}")
         metrics = _metrics(output)
         if isinstance(metrics, str):
             problems.append(metrics)
@@ -345,10 +359,10 @@ def markdown(result: dict) -> list[str]:
            f"(each followed by a resume) before a final run; a point that did not kill (the run ended "
            f"first) still counts as tried. Clean runs: "
            + ", ".join(f"{k} {v:.1f} s" for k, v in result["clean_run_s"].items())]
-    half = result["summary"]["finetune"]["half_written_steps_left"]
-    md.append(f"- finetune kills that left a half-written orbax step (``<step>.orbax-checkpoint-tmp``) behind: "
-              f"{half}; none was restored (each resume continued bit-exactly from the previous complete step)"
-              if half else "- no finetune kill left a half-written orbax step behind")
+    halves = [o for o in result["outcomes"] if any(o["half_written"])]
+    md.append(f"- finetune kills that left a half-written orbax step (`<step>.orbax-checkpoint-tmp`) behind: "
+              f"{sum(sum(o['half_written']) for o in halves)}, in {len(halves)} trials, of which "
+              f"{sum(o['recovered'] for o in halves)} resumed bit-exactly from the previous complete step")
     md += [f"- FAILED: {o['command']} {o['points']}: {o['detail']}" for o in failed] or ["- no failures"]
     return md
 

@@ -194,6 +194,11 @@ def _fsync_tree(root: str) -> None:
         _fsync_dir(directory)
 
 
+def write_bytes_atomically(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling (fsynced, then renamed)."""
+    _write_atomic(os.fspath(path), lambda f: f.write(data))
+
+
 def _check_name(name) -> None:
     if not isinstance(name, str) or name == "__metadata__":
         raise TypeError(f"tensor names must be strings other than '__metadata__', got {name!r}")

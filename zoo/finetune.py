@@ -19,6 +19,12 @@ and initialised (HF's ``ignore_mismatched_sizes``). The run writes into ``--outp
 
 Running the same command again resumes from the latest checkpoint in ``--output`` and
 continues exactly (the data order is a function of the recipe's seed and the step).
+A run killed at any point (SIGKILL included; ``tests/test_crash_safety.py``) resumes from the
+last finalized checkpoint (orbax renames a step into place once complete; a half-written
+``<step>.orbax-checkpoint-tmp`` is never listed and is deleted on the next start) and logs
+the same losses as an uninterrupted run: a step's metrics line is written before its
+checkpoint, lines after the checkpoint (and a half-written last line) are dropped on resume,
+``model/`` appears all at once (and is written by the rerun if the killed run had not).
 
 Many hosts: start the same command on every host (Slurm, Open MPI, TPU pods are detected;
 or ``--coordinator HOST:PORT --num-processes N --process-id I``, or the ``JAX_*``
@@ -43,6 +49,7 @@ import jax
 import numpy as np
 
 from converters.fileio import crash_point
+from converters.writers import write_bytes_atomically
 from zoo import distributed, parallel, pretrained, train
 from zoo.tasks import get_task, head_architecture, load_dataset
 
@@ -163,12 +170,7 @@ def _kept_lines(path: Path, start: int) -> list[str]:
 
 
 def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomically(path, text.encode())
 
 
 class _Meter:
@@ -249,7 +251,7 @@ def finetune(recipe: train.Recipe | str | os.PathLike, checkpoint: str | os.Path
 
     if distributed.is_primary():
         output.mkdir(parents=True, exist_ok=True)
-        (output / RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
+        _write_text_atomically(output / RECIPE_FILE, json.dumps(recipe.to_dict(), indent=2) + "\n")
         _say(f"{architecture} from {source} ({report.summary()})")
         _say(f"data: {dataset.describe()}; mesh {dict(mesh.shape)} over {jax.process_count()} process(es); "
              f"batch {global_rows} rows per step")
