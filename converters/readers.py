@@ -147,9 +147,51 @@ def _open_index(path: str) -> Checkpoint:
                 raise CorruptCheckpointError(
                     f"{shards[name].path}: tensor {key!r} promised by {path} is not in this shard"
                 )
+        _check_total_size(path, metadata, weight_map, shards)
         checkpoint = Checkpoint(path, f"{kind}-sharded", {k: shards[n] for k, n in weight_map.items()}, metadata)
         stack.pop_all()
     return checkpoint
+
+
+def _check_total_size(path: str, metadata: dict, weight_map: dict[str, str], shards: dict) -> None:
+    """Compare the index's ``metadata.total_size`` (when present) with the shards' headers.
+
+    Writers count it differently, so any of these totals is accepted: the bytes of the
+    tensors the weight_map lists; of every tensor in the shards; of the distinct storages
+    behind the listed tensors (huggingface_hub's count for torch shards, shared storages
+    once); and the first with bool counted as 1/8 byte (transformers < 4.32)."""
+    if "total_size" not in metadata:
+        return
+    total = metadata["total_size"]
+    if isinstance(total, str) and total.strip().isdigit():
+        total = int(total)
+    if type(total) not in (int, float) or not total >= 0 or total == float("inf"):
+        raise CorruptCheckpointError(f"{path}: metadata.total_size {_short(total)} is not a byte count")
+    listed = sum(shards[n].nbytes(k) for k, n in weight_map.items())
+    if total == listed:
+        return
+    candidates = {
+        listed,
+        sum(shard.nbytes(k) for shard in shards.values() for k in shard.keys()),
+        sum(shards[n].nbytes(k) / (8 if shards[n].dtype(k) == np.bool_ else 1) for k, n in weight_map.items()),
+    }
+    storages = {}
+    for key, name in weight_map.items():
+        storage = getattr(shards[name], "storage_of", None)
+        if storage is not None:
+            storages[name, storage(key)] = shards[name].storage_nbytes(key)
+    if storages:
+        candidates.add(sum(storages.values()))
+    if total not in candidates:
+        raise CorruptCheckpointError(
+            f"{path}: metadata.total_size is {_short(total)} bytes but the {len(weight_map)} tensors it lists "
+            f"hold {listed} bytes in its {len(shards)} shards (stale index or replaced shards)"
+        )
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_index(path: str) -> tuple[dict[str, str], dict]:

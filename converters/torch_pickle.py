@@ -3,6 +3,14 @@
 The archive holds ``<archive>/data.pkl`` (the pickled object) and one ``<archive>/data/<key>``
 entry per storage. ``data.pkl`` is unpickled with an allow-list of globals whose stand-ins
 only record where each tensor lives; tensor bytes are read later, one tensor at a time.
+
+Integrity: every zip entry's CRC-32 (from the central directory) is checked as it is read,
+with no second pass over the file. The small entries (``data.pkl``, ``byteorder``,
+``version``, ...) are verified on open. A storage entry is verified the first time a tensor
+on it is read: the whole entry is streamed once, ``zlib.crc32`` updated chunk by chunk; the
+bytes of the tensor's view go to the output, those outside it (other views of a shared
+storage) are checksummed and dropped. Later reads of an already-verified storage read only
+their view. A storage no tensor is read from is never read, so never checked.
 """
 
 import collections
@@ -12,6 +20,7 @@ import pickle
 import struct
 import zipfile
 import zlib
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import numpy as np
@@ -19,8 +28,13 @@ import numpy as np
 from .dtypes import TORCH_DTYPES, TORCH_STORAGE_DTYPES, numpy_dtype
 from .errors import CheckpointError, CorruptCheckpointError, UnsafePickleError
 from .fileio import byte_view, open_binary, read_exact
+from .safetensors_io import shape_error
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # zip local file header: signature ... name length, extra length
+_CHUNK = 1 << 20  # bytes read (and checksummed) at a time
+# What zipfile raises on a corrupt archive: bad data, unknown compression, "encrypted" flags...
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError,
+               ValueError, OverflowError, struct.error)
 
 
 class _DtypeTag(NamedTuple):
@@ -83,7 +97,10 @@ def _tensor_ref(storage, offset, size, stride, dtype_name) -> _TensorRef:
     if not isinstance(storage, _Storage) or dtype_name is None or shape is None or strides is None:
         raise ValueError("malformed tensor record")
     if len(shape) != len(strides):
-        raise ValueError(f"tensor record has shape {shape} but stride {strides}")
+        raise ValueError(f"tensor record has shape {_short(shape)} but stride {_short(strides)}")
+    problem = shape_error(shape)
+    if problem:
+        raise ValueError(f"tensor record {problem}")
     if type(offset) is not int or offset < 0:
         raise ValueError(f"bad storage offset {_short(offset)} for storage data/{storage.key}")
     dtype = numpy_dtype(dtype_name)
@@ -151,11 +168,13 @@ class TorchZipFile:
         self.metadata: dict = {}  # zip checkpoints carry no string metadata
         self._file = open_binary(path)
         self._data_offsets: dict[str, int] = {}
+        self._verified: set[str] = set()  # storage keys whose whole entry passed its CRC-32
         try:
             self._zip = _open_zip(self._file, path)
             self._prefix = _archive_prefix(self._zip, path)
             self._big_endian = _is_big_endian(self._zip, self._prefix, path)
             self._refs = self._load_refs()
+            self._verify_small_entries()
         except BaseException:
             self._file.close()
             raise
@@ -176,18 +195,28 @@ class TorchZipFile:
         ref = self._refs[key]
         return math.prod(ref.shape) * ref.dtype.itemsize
 
+    def storage_of(self, key: str) -> str:
+        """The storage entry (``data/<key>``) tensor `key` is a view of."""
+        return self._refs[key].storage
+
+    def storage_nbytes(self, key: str) -> int:
+        """Size in bytes of the whole storage tensor `key` is a view of."""
+        return self._storage_sizes[self._refs[key].storage]
+
     def read(self, key: str) -> np.ndarray:
-        """Read one tensor into a fresh C-contiguous array; only the bytes its view spans are read."""
+        """Read one tensor into a fresh C-contiguous array. The first read from a storage
+        streams its whole zip entry and checks its CRC-32 (see the module docstring); later
+        reads from it read only the bytes their view spans."""
         ref = self._refs[key]
         itemsize = ref.dtype.itemsize
         if not math.prod(ref.shape):
             return np.empty(ref.shape, ref.dtype)
         if _is_c_contiguous(ref.shape, ref.stride):
             out = np.empty(ref.shape, ref.dtype)
-            self._read_storage(ref.storage, ref.offset * itemsize, out)
+            self._read_storage(ref.storage, ref.offset * itemsize, out, key)
             return out
         buf = np.empty(_span(ref.shape, ref.stride), ref.dtype)
-        self._read_storage(ref.storage, ref.offset * itemsize, buf)
+        self._read_storage(ref.storage, ref.offset * itemsize, buf, key)
         view = np.lib.stride_tricks.as_strided(buf, ref.shape, [s * itemsize for s in ref.stride], writeable=False)
         return np.array(view, order="C")
 
@@ -197,7 +226,7 @@ class TorchZipFile:
 
     def _load_refs(self) -> dict[str, _TensorRef]:
         """Unpickle data.pkl and keep the top-level tensors."""
-        sizes = {
+        self._storage_sizes = sizes = {
             info.filename[len(self._prefix) + 5 :]: info.file_size
             for info in self._zip.infolist()
             if info.filename.startswith(self._prefix + "data/")
@@ -220,20 +249,49 @@ class TorchZipFile:
     def _read_entry(self, name: str) -> bytes:
         try:
             return self._zip.read(name)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        except KeyError:
+            raise CorruptCheckpointError(f"{self.path}: {name} is missing") from None
+        except _ZIP_ERRORS as exc:
             raise CorruptCheckpointError(f"{self.path}: cannot read {name}: {_short(exc)}") from exc
 
-    def _read_storage(self, key: str, byte_offset: int, out: np.ndarray) -> None:
-        """Fill `out` with storage `key`'s bytes from `byte_offset` on, converting to native byte order."""
-        info = self._zip.getinfo(f"{self._prefix}data/{key}")
-        what = f"storage data/{key}"
-        try:
-            if info.compress_type == zipfile.ZIP_STORED:
-                read_exact(self._file, self._data_offset(info) + byte_offset, byte_view(out), self.path, what)
-            else:
+    def _verify_small_entries(self) -> None:
+        """Check the CRC-32 of every entry that is not a storage (data.pkl and byteorder were
+        checked by zipfile as they were read); streamed, so a lying size costs no memory."""
+        storages = self._prefix + "data/"
+        done = {self._prefix + "data.pkl", self._prefix + "byteorder"}
+        for info in self._zip.infolist():
+            if info.filename.startswith(storages) or info.filename in done or info.is_dir():
+                continue
+            try:
                 with self._zip.open(info) as src:
-                    read_exact(src, byte_offset, byte_view(out), self.path, what)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                    while src.read(_CHUNK):
+                        pass
+            except CheckpointError:
+                raise
+            except _ZIP_ERRORS as exc:
+                raise CorruptCheckpointError(f"{self.path}: cannot read {_short(info.filename, 80)}: {_short(exc)}") from exc
+
+    def _read_storage(self, key: str, byte_offset: int, out: np.ndarray, tensor: str) -> None:
+        """Fill `out` with storage `key`'s bytes from `byte_offset` on, converting to native
+        byte order; the first time, the whole entry is streamed and its CRC-32 checked."""
+        info = self._zip.getinfo(f"{self._prefix}data/{key}")
+        what = f"storage data/{key} of tensor {tensor!r}"
+        stored = info.compress_type == zipfile.ZIP_STORED
+        try:
+            start = self._data_offset(info) if stored else 0
+            with nullcontext(self._file) if stored else self._zip.open(info) as src:
+                if key in self._verified:
+                    read_exact(src, start + byte_offset, byte_view(out), self.path, what)
+                else:
+                    crc = _read_checksummed(src, start, byte_offset, byte_view(out), info.file_size, self.path, what)
+                    if crc != info.CRC:
+                        raise CorruptCheckpointError(_crc_message(self.path, tensor, info, crc))
+                    self._verified.add(key)
+        except CheckpointError:
+            raise
+        except _ZIP_ERRORS as exc:
+            if "CRC" in str(exc):  # zipfile's own check at the end of a compressed entry
+                raise CorruptCheckpointError(_crc_message(self.path, tensor, info, None)) from None
             raise CorruptCheckpointError(f"{self.path}: cannot read {what}: {_short(exc)}") from exc
         if self._big_endian and out.dtype.itemsize > 1:
             byte_view(out).view(f"u{out.dtype.itemsize}").byteswap(inplace=True)
@@ -250,6 +308,37 @@ class TorchZipFile:
         return self._data_offsets[info.filename]
 
 
+def _read_checksummed(f, start: int, offset: int, dst: np.ndarray, total: int, path: str, what: str) -> int:
+    """Stream the `total` bytes of an entry at `start` once, returning their CRC-32; the
+    bytes `offset:offset + dst.size` land in the uint8 array `dst`, the rest is dropped."""
+    f.seek(start)
+    crc, scratch = 0, None
+    view = memoryview(dst)
+    pieces = [(offset, None), (dst.size, view), (total - offset - dst.size, None)]
+    done = 0
+    for size, target in pieces:
+        for begin in range(0, size, _CHUNK):
+            n = min(_CHUNK, size - begin)
+            if target is None:
+                scratch = scratch if scratch is not None and len(scratch) >= n else bytearray(min(_CHUNK, max(n, 1)))
+                chunk = memoryview(scratch)[:n]
+            else:
+                chunk = target[begin:begin + n]
+            got = f.readinto(chunk)
+            if got != n:
+                raise CorruptCheckpointError(
+                    f"{path}: truncated: {what} needs {total} bytes at offset {start}, got {done + (got or 0)}")
+            crc = zlib.crc32(chunk, crc)
+            done += n
+    return crc
+
+
+def _crc_message(path: str, tensor: str, info: zipfile.ZipInfo, crc: int | None) -> str:
+    got = "" if crc is None else f", read {crc:08x}"
+    return (f"{path}: CRC-32 mismatch in tensor {tensor!r} (zip entry {info.filename}: "
+            f"expected {info.CRC:08x}{got}): the file is corrupt")
+
+
 def _open_zip(f, path: str) -> zipfile.ZipFile:
     """Open the zip archive, explaining what the file is when it is not one."""
     head = f.read(4)
@@ -257,7 +346,7 @@ def _open_zip(f, path: str) -> zipfile.ZipFile:
     try:
         if zipfile.is_zipfile(f):
             return zipfile.ZipFile(f)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except _ZIP_ERRORS as exc:
         raise CorruptCheckpointError(f"{path}: corrupt zip archive: {_short(exc)}") from exc
     if head.startswith(b"PK"):
         raise CorruptCheckpointError(f"{path}: truncated or corrupt zip archive (no central directory)")
@@ -283,7 +372,7 @@ def _is_big_endian(zf: zipfile.ZipFile, prefix: str, path: str) -> bool:
         order = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
     except KeyError:
         return False
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise CorruptCheckpointError(f"{path}: cannot read byteorder: {_short(exc)}") from exc
     if order not in ("little", "big"):
         raise CorruptCheckpointError(f"{path}: unknown byteorder {order!r}")

@@ -204,11 +204,12 @@ def test_sharded_bin_index_built_by_hand(tmp_path):
         shard = f"pytorch_model-0000{i}-of-00002.bin"
         torch.save({n: tensors[n] for n in part}, tmp_path / shard)
         weight_map.update(dict.fromkeys(part, shard))
-    index = {"metadata": {"total_size": 123}, "weight_map": weight_map}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps(index))
     with open_checkpoint(tmp_path) as ckpt:
         assert ckpt.format == "pytorch-sharded"
-        assert ckpt.metadata == {"total_size": 123}
+        assert ckpt.metadata == {"total_size": total}
         assert ckpt.keys() == names
         for name, arr in ckpt.items():
             _assert_same(arr, tensors[name])
