@@ -69,13 +69,27 @@ def _audio():
     return transformers.Data2VecAudioModel(cfg), {"input_values": torch.randn(1, 800, generator=torch.Generator().manual_seed(0))}
 
 
-FAMILIES = {"data2vec_text": _text, "sew_d": _sew_d, "data2vec_audio": _audio}
+def _big_bird():
+    cfg = transformers.BigBirdConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=37, max_position_embeddings=64, attention_type="original_full")
+    ids = torch.from_numpy(np.random.RandomState(0).randint(3, 99, (2, 8)))
+    return transformers.BigBirdForMaskedLM(cfg), {"input_ids": ids}
+
+
+# LayerNorm.gamma/beta concern the modules HF names "LayerNorm" (Data2VecText, BigBird, SEW-D);
+# weight norm only SEW-D's positional conv (Data2VecAudio's has none); prefixes any family.
+FAMILIES = {"data2vec_text": _text, "sew_d": _sew_d, "data2vec_audio": _audio, "big_bird": _big_bird}
 CASES = [  # (family, spelling, format); a spelling is only tried where it changes keys
     ("data2vec_text", "gamma_beta", "st"), ("data2vec_text", "gamma_beta", "bin"),
     ("sew_d", "gamma_beta", "st"), ("sew_d", "weight_g_v", "st"), ("sew_d", "weight_g_v", "bin"),
     ("data2vec_audio", "orig_mod", "st"), ("data2vec_text", "ddp", "bin"),
     ("sew_d", "ddp_compiled_legacy", "bin"), ("sew_d", "ddp_compiled_legacy", "st"),
+    ("big_bird", "gamma_beta", "st"), ("big_bird", "ddp", "bin"),
 ]
+
+
+def test_data2vec_audio_has_no_weight_norm_keys(originals):
+    assert not any("parametrizations" in k or "LayerNorm." in k for k in originals["data2vec_audio"][0].state_dict())
 
 
 @pytest.fixture(scope="module")
