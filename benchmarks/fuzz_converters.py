@@ -337,7 +337,7 @@ def mutate_zip_directory(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return bytes(buf), f"{kind} record at {at}: {name} {old} -> {new}"
 
 
-def _malicious(marker: Path) -> list[tuple[str, bytes]]:
+def malicious_payloads(marker: Path) -> list[tuple[str, bytes]]:
     """Pickle fragments that push the result of a code-executing call then POP it."""
     sh = f"touch {marker}".encode()
     py = f"open({str(marker)!r}, 'w').close()".encode()
@@ -373,7 +373,7 @@ def mutate_pickle(pkl: bytes, rng: random.Random, marker: Path) -> tuple[bytes, 
     end = positions[i + 1]
     choice = rng.choice(("malicious", "malicious", "arg", "arg", "delete", "duplicate", "random", "truncate"))
     if choice == "malicious":
-        name, blob = rng.choice(_malicious(marker))
+        name, blob = rng.choice(malicious_payloads(marker))
         at = positions[rng.randrange(1, len(ops))]  # after PROTO
         return pkl[:at] + blob + pkl[at:], f"insert {name} at {at}"
     if choice == "delete":
@@ -422,17 +422,24 @@ def rezip(path: Path, replace: dict[str, bytes], compression=zipfile.ZIP_STORED)
 
 
 # ------------------------------------------------------------------ the generator
-def make_case(index: int, rng: random.Random, bases: dict[str, Path], root: Path, marker: Path) -> Case:
-    """Copy a base checkpoint into ``root/case-<index>`` and mutate it once."""
-    fmt = rng.choice(FORMATS)
+KINDS = ("bytes", "st-header", "zip-dir", "pickle", "index", "config")
+
+
+def make_case(index: int, rng: random.Random, bases: dict[str, Path], root: Path, marker: Path,
+              kinds: tuple[str, ...] = KINDS) -> Case:
+    """Copy a base checkpoint into ``root/case-<index>`` and mutate it once (one of ``kinds``)."""
+    while True:
+        fmt = rng.choice(FORMATS)
+        choices = ["bytes", "bytes", "config", "config"]
+        choices += ["st-header"] * 3 if fmt.startswith("st") else ["zip-dir", "zip-dir", "pickle", "pickle", "pickle"]
+        if fmt.endswith("sharded"):
+            choices += ["index", "index", "index"]
+        choices = [k for k in choices if k in kinds]
+        if choices:
+            break
+    kind = rng.choice(choices)
     case_dir = root / f"case-{index}"
     shutil.copytree(bases[fmt], case_dir)
-    kinds = ["bytes", "bytes", "config", "config"]
-    kinds += ["st-header", "st-header", "st-header"] if fmt.startswith("st") else ["zip-dir", "zip-dir", "pickle",
-                                                                                    "pickle", "pickle"]
-    if fmt.endswith("sharded"):
-        kinds += ["index", "index", "index"]
-    kind = rng.choice(kinds)
     if kind in ("config", "index"):
         name = "config.json" if kind == "config" else next(p.name for p in case_dir.glob("*.index.json"))
         path = case_dir / name
@@ -468,12 +475,12 @@ def make_case(index: int, rng: random.Random, bases: dict[str, Path], root: Path
     return Case(index, fmt, kind, what, case_dir, name, oracle)
 
 
-def generate(seed: int, bases: dict[str, Path], root: Path, marker: Path):
+def generate(seed: int, bases: dict[str, Path], root: Path, marker: Path, kinds: tuple[str, ...] = KINDS):
     """The endless, seeded stream of cases (each is its own directory under ``root``)."""
     rng = random.Random(seed)
     index = 0
     while True:
-        yield make_case(index, random.Random(rng.getrandbits(64)), bases, root, marker)
+        yield make_case(index, random.Random(rng.getrandbits(64)), bases, root, marker, kinds)
         index += 1
 
 
@@ -599,27 +606,31 @@ class Summary:
                                       outcome=outcome.kind, detail=outcome.detail))
 
 
-def fuzz(cases: int, seed: int = 0, *, budget_s: float | None = None, limit_s: float = 10.0,
-         work: Path | None = None, keep: bool = False) -> Summary:
-    """Run up to ``cases`` seeded cases (fewer when ``budget_s`` runs out)."""
-    import numpy as np  # noqa: F401 - imported before the clock starts
-
+def prepare(root: Path) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Build the base checkpoints under ``root`` and convert each once (the reference)."""
     from zoo.pretrained import convert
 
-    root = Path(work or tempfile.mkdtemp(prefix="zoo-fuzz-"))
     bases = build_bases(root / "bases")
     reference = {}
     for fmt, path in bases.items():
         with contextlib.redirect_stderr(io.StringIO()):
             convert(path, root / "reference" / fmt)
         reference[fmt] = read_weights(root / "reference" / fmt)
+    return bases, reference
+
+
+def fuzz(cases: int, seed: int = 0, *, budget_s: float | None = None, limit_s: float = 10.0,
+         work: Path | None = None, prepared=None, kinds: tuple[str, ...] = KINDS, keep: bool = False) -> Summary:
+    """Run up to ``cases`` seeded cases of ``kinds`` (fewer when ``budget_s`` runs out), in
+    ``work`` (default: a temporary directory, removed); ``prepared``: :func:`prepare`'s result."""
+    root = Path(work or tempfile.mkdtemp(prefix="zoo-fuzz-"))
+    bases, reference = prepared or prepare(root)
     marker = root / "PWNED"
     summary = Summary()
+    cases_root = Path(tempfile.mkdtemp(prefix="cases-", dir=root))
     start = time.perf_counter()
-    cases_root = root / "cases"
-    cases_root.mkdir()
     try:
-        for case in generate(seed, bases, cases_root, marker):
+        for case in generate(seed, bases, cases_root, marker, kinds):
             t0 = time.perf_counter()
             outcome = run_case(case, reference, marker, limit_s)
             summary.add(case, outcome, time.perf_counter() - t0)
