@@ -53,12 +53,16 @@ def _text():
     return model, {"input_ids": ids}
 
 
+def _audio_input():
+    return torch.randn(1, 800, generator=torch.Generator().manual_seed(0))
+
+
 def _sew_d():
     cfg = transformers.SEWDConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=20,
                                   conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3),
                                   num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2, squeeze_factor=2,
                                   max_position_embeddings=64, position_buckets=8)
-    return transformers.SEWDModel(cfg), {"input_values": torch.randn(1, 800, generator=torch.Generator().manual_seed(0))}
+    return transformers.SEWDModel(cfg), {"input_values": _audio_input()}
 
 
 def _audio():
@@ -66,7 +70,7 @@ def _audio():
                                            intermediate_size=20, conv_dim=(8, 8), conv_stride=(5, 2),
                                            conv_kernel=(10, 3), num_conv_pos_embeddings=4,
                                            num_conv_pos_embedding_groups=2)
-    return transformers.Data2VecAudioModel(cfg), {"input_values": torch.randn(1, 800, generator=torch.Generator().manual_seed(0))}
+    return transformers.Data2VecAudioModel(cfg), {"input_values": _audio_input()}
 
 
 def _big_bird():
