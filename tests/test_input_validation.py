@@ -83,7 +83,7 @@ def test_valid_inputs_pass(family):
 
 BAD = [  # (family, changed inputs, words the message must contain)
     # text: rank, dtype, matching shapes, length beyond the position table
-    ("data2vec_text", dict(input_ids=S((7,), I32)), ["input_ids", "integer [batch, length]", "(7,)"]),
+    ("data2vec_text", dict(input_ids=S((7,), I32)), ["input_ids", "integer array of rank 2 [batch, length]", "(7,)"]),
     ("data2vec_text", dict(input_ids=S((2, 7), F32)), ["input_ids", "integer", "float32"]),
     ("data2vec_text", dict(attention_mask=S((2, 5), I32)), ["attention_mask", "(2, 7)", "(2, 5)"]),
     ("data2vec_text", dict(token_type_ids=S((2, 6), I32)), ["token_type_ids", "(2, 7)", "(2, 6)"]),
@@ -91,7 +91,7 @@ BAD = [  # (family, changed inputs, words the message must contain)
     ("data2vec_text", dict(position_ids=S((2, 5), I32)), ["position_ids", "(2, 7)", "(2, 5)"]),
     ("data2vec_text", dict(input_ids=S((2, 19), I32), attention_mask=None, token_type_ids=None),
      ["input_ids", "19 positions", "max_position_embeddings=20", "pad_token_id"]),
-    ("big_bird", dict(input_ids=S((2, 7, 1), I32)), ["input_ids", "integer [batch, length]", "(2, 7, 1)"]),
+    ("big_bird", dict(input_ids=S((2, 7, 1), I32)), ["input_ids", "integer array of rank 2 [batch, length]", "(2, 7, 1)"]),
     ("big_bird", dict(attention_mask=S((3, 7), I32)), ["attention_mask", "(2, 7)", "(3, 7)"]),
     ("big_bird", dict(input_ids=S((2, 65), I32), attention_mask=None, token_type_ids=None),
      ["input_ids", "65 positions", "max_position_embeddings=64"]),
@@ -106,10 +106,10 @@ BAD = [  # (family, changed inputs, words the message must contain)
     ("sew_d", dict(attention_mask=S((2, 800), I32)), ["attention_mask", "(2, 1600)", "(2, 800)"]),
     ("sew_d", dict(input_values=S((2, 50), F32), attention_mask=None), ["input_values", "60", "2 frames"]),
     # images: HWC, wrong channels, integer pixels, rank, size without interpolation
-    ("data2vec_vision", dict(pixel_values=S((2, 32, 32, 3), F32)), ["pixel_values", "channels-first", "[batch, 3,"]),
+    ("data2vec_vision", dict(pixel_values=S((2, 32, 32, 3), F32)), ["pixel_values", "channels-first", "[batch, channels=3,"]),
     ("data2vec_vision", dict(pixel_values=S((2, 1, 32, 32), F32)), ["pixel_values", "num_channels=3"]),
     ("data2vec_vision", dict(pixel_values=S((2, 3, 32, 32), jnp.uint8)), ["pixel_values", "floating", "uint8"]),
-    ("data2vec_vision", dict(pixel_values=S((3, 32, 32), F32)), ["pixel_values", "[batch, 3, height, width]"]),
+    ("data2vec_vision", dict(pixel_values=S((3, 32, 32), F32)), ["pixel_values", "[batch, channels, height, width]", "num_channels=3"]),
     ("groupvit", dict(pixel_values=S((2, 32, 32, 3), F32)), ["pixel_values", "channels-first"]),
     ("groupvit", dict(pixel_values=S((2, 3, 48, 48), F32)), ["pixel_values", "32x32", "interpolate_pos_encoding"]),
     ("groupvit", dict(attention_mask=S((2, 6), I32)), ["attention_mask", "(2, 7)", "(2, 6)"]),
@@ -169,7 +169,7 @@ def test_kv_cache_mask_spans_the_cache_and_the_cache_fits_the_positions():
                                                            use_cache=True), params, ids, S((2, mask_length), I32))
 
     step(10, 10)  # the mask spans the cache's max_length, not the 3 new ids
-    with pytest.raises(ValueError, match=r"attention_mask must be \[batch, cache max_length\] = \(2, 10\)"):
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \(2, 10\) \[batch, cache max_length\]"):
         step(10, 3)
     with pytest.raises(ValueError, match="past_key_values .* 19 positions"):
         step(19, 19)
@@ -187,7 +187,7 @@ def test_check_inputs_catches_values():
         zoo.check_inputs(text, input_ids=ok, attention_mask=np.full_like(ok, 2))
     with pytest.raises(ValueError, match=r"token_type_ids must be in \[0, 2\)"):
         zoo.check_inputs(text, input_ids=ok, token_type_ids=np.full_like(ok, 2))
-    with pytest.raises(ValueError, match=r"attention_mask must be \[batch, length\].*\(1, 4\)"):
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \(1, 4\) \[batch, length\]"):
         zoo.check_inputs(text, input_ids=ok, attention_mask=np.ones((1, 3), np.int32))
     with pytest.raises(ValueError, match="input_ids must be an integer"):
         zoo.check_inputs(text, input_ids=ok.astype(np.float32))
@@ -252,3 +252,34 @@ def test_zoo_run_refuses_out_of_range_ids(capsys):
     assert err.startswith("zoo: error: --input-ids: input_ids must be in [0, ") and "got values 0..100000" in err
     assert main(["run", str(TINY_TEXT_CHECKPOINT), "--input-ids", "0 5 -3"]) == 1
     assert "got values -3..5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family,architecture,labels,words", [
+    ("data2vec_text", "Data2VecTextForMaskedLM", S((2, 6), I32), ["labels", "(2, 7)", "(2, 6)"]),
+    ("data2vec_text", "Data2VecTextForTokenClassification", S((2, 7), F32), ["labels", "integer"]),
+    ("big_bird", "BigBirdForCausalLM", S((2, 7, 1), I32), ["labels", "[batch, length]"]),
+    ("data2vec_audio", "Data2VecAudioForCTC", S((3, 5), I32), ["labels", "[batch, target_length]", "(2, ?)"]),
+    ("sew_d", "SEWDForCTC", S((2, 5), F32), ["labels", "integer"]),
+])
+def test_bad_labels_name_the_argument(family, architecture, labels, words):
+    message = error(family, architecture, **VALID[family], labels=labels)
+    for word in words:
+        assert word in message, message
+
+
+def test_multiple_choice_labels():
+    inputs = dict(input_ids=S((2, 3, 7), I32), attention_mask=S((2, 3, 7), I32))
+    trace("data2vec_text", "Data2VecTextForMultipleChoice", **inputs, labels=S((2,), I32))
+    assert "(2,)" in error("data2vec_text", "Data2VecTextForMultipleChoice", **inputs, labels=S((3,), I32))
+
+
+def test_out_of_range_ids_inside_jit_are_not_errors():
+    """What the docs say happens without check_inputs: NaN rows for ids >= vocab_size, a
+    negative id counts from the end (jnp.take's default modes)."""
+    module = zoo.build_model(CONFIGS["data2vec_text"])
+    variables = zoo.init_params(module, 0)
+    run = jax.jit(lambda v, i: module.apply(v, input_ids=i).last_hidden_state)
+    ids = jnp.array([[0, 5, 7, 2]])
+    assert not jnp.isnan(run(variables, ids)).any()
+    assert jnp.isnan(run(variables, ids.at[0, 2].set(99))).any()
+    np.testing.assert_array_equal(run(variables, ids.at[0, 2].set(-1)), run(variables, ids.at[0, 2].set(98)))

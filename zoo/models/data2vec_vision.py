@@ -22,6 +22,7 @@ from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, as_pair, config_dataclass
 from zoo.nn import losses, scan
 from zoo.nn.attention_projection import QKVProjection
+from zoo.nn.inputs import check_ids, check_images, check_mask
 from zoo.nn.module import PretrainedModule
 from zoo.nn.bert import BertIntermediate
 from zoo.nn.layers import ACT2FN, Dense, LayerNorm, gelu
@@ -130,10 +131,7 @@ class Data2VecVisionEmbeddings(nn.Module):
         if bool_masked_pos is not None:
             if not cfg.use_mask_token:
                 raise ValueError("bool_masked_pos needs a mask token: the config has use_mask_token=False")
-            bool_masked_pos = jnp.asarray(bool_masked_pos)
-            if bool_masked_pos.shape != (batch, length):
-                raise ValueError(f"bool_masked_pos must be [batch, num_patches] = {(batch, length)}, "
-                                 f"got {bool_masked_pos.shape}")
+            bool_masked_pos = check_mask("bool_masked_pos", bool_masked_pos, (batch, length), "[batch, num_patches]")
             w = bool_masked_pos[..., None].astype(x.dtype)
             x = x * (1 - w) + mask_token.astype(x.dtype) * w
         x = jnp.concatenate([jnp.broadcast_to(cls_token.astype(x.dtype), (batch, 1, cfg.hidden_size)), x], axis=1)
@@ -349,7 +347,7 @@ class Data2VecVisionModel(PretrainedModule):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x, grid = Data2VecVisionEmbeddings(cfg, name="embeddings", **kw)(
-            jnp.asarray(pixel_values), bool_masked_pos, deterministic)
+            check_images(pixel_values, cfg.num_channels), bool_masked_pos, deterministic)
         enc = Data2VecVisionEncoder(cfg, self.dense_attention(), scan_layers=self.scan_layers,
                                     remat_policy=self.remat_policy, name="encoder", **kw)(
             x, grid, interpolate_pos_encoding, deterministic, output_attentions, output_hidden_states)
@@ -479,6 +477,7 @@ class Data2VecVisionForSemanticSegmentation(PretrainedModule):
         cfg = self.config
         if labels.ndim != 3 or labels.shape[0] != logits.shape[0]:
             raise ValueError(f"labels must be [batch, height, width] with batch {logits.shape[0]}, got {labels.shape}")
+        labels = check_ids("labels", labels, "[batch, height, width]")
         ce = lambda x: losses.cross_entropy(resize(x, labels.shape[1:], axes=(1, 2)), labels,
                                             cfg.semantic_loss_ignore_index)
         loss = ce(logits)

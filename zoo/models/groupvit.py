@@ -23,6 +23,7 @@ from zoo.nn.attention_projection import QKV_PROJ, QKVProjection
 from zoo.nn.clip import CLIPEncoderLayer, CLIPMLP, clip_attention
 from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm
 from zoo.nn.losses import cross_entropy
+from zoo.nn.inputs import check_ids, check_images, check_length, check_mask
 from zoo.nn.module import PretrainedModule
 from zoo.nn.resize import resize
 from zoo.nn.upernet import BatchNorm
@@ -188,16 +189,20 @@ class GroupViTTextTransformer(nn.Module):
         if input_ids is None:
             raise ValueError("You have to specify input_ids")
         input_ids = jnp.asarray(input_ids)
+        check_ids("input_ids", input_ids, "[batch, length]" if input_ids.ndim != 3 else "[batch, num_texts, length]")
+        attention_mask = check_mask("attention_mask", attention_mask, input_ids.shape, "[batch, length] (as input_ids)")
         input_ids = input_ids.reshape(-1, input_ids.shape[-1])
         batch, length = input_ids.shape
-        if length > cfg.max_position_embeddings:
-            raise ValueError(f"sequence length {length} exceeds max_position_embeddings={cfg.max_position_embeddings}")
         if position_ids is None:
+            check_length("input_ids", length, cfg.max_position_embeddings,
+                         f"max_position_embeddings={cfg.max_position_embeddings}")
             position_ids = jnp.arange(length)[None]
-        x = _TextEmbeddings(cfg, name="embeddings", **kw)(input_ids, jnp.asarray(position_ids))
+        else:
+            position_ids = check_ids("position_ids", position_ids, shape=(None, length))
+        x = _TextEmbeddings(cfg, name="embeddings", **kw)(input_ids, position_ids)
         mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
         if attention_mask is not None:
-            mask = mask & (jnp.asarray(attention_mask).reshape(batch, length) != 0)[:, None, None, :]
+            mask = mask & (attention_mask.reshape(batch, length) != 0)[:, None, None, :]
         x, hidden_states, attentions = GroupViTTextEncoder(cfg, self.attention_fn, name="encoder", **kw)(
             x, mask, deterministic, output_attentions)
         x = LayerNorm(cfg.layer_norm_eps, name="final_layer_norm", **kw)(x)
@@ -259,9 +264,8 @@ class GroupViTVisionEmbeddings(nn.Module):
                  deterministic: bool = True) -> Array:
         cfg = self.config
         height, width = as_pair(cfg.image_size, "image_size")
-        if not interpolate_pos_encoding and tuple(pixel_values.shape[2:]) != (height, width):
-            raise ValueError(f"Input image size ({pixel_values.shape[2]}*{pixel_values.shape[3]}) doesn't match "
-                             f"model ({height}*{width}); pass interpolate_pos_encoding=True")
+        pixel_values = check_images(pixel_values, cfg.num_channels, image_size=(height, width),
+                                    interpolate=interpolate_pos_encoding)
         x, grid = PatchEmbeddings(cfg.hidden_size, cfg.patch, cfg.num_channels, dtype=self.dtype,
                                   param_dtype=self.param_dtype, name="patch_embeddings")(pixel_values)
         x = LayerNorm(cfg.layer_norm_eps, name="layernorm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
@@ -415,7 +419,7 @@ class GroupViTVisionTransformer(nn.Module):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if pixel_values is None:
-            raise ValueError("You have to specify pixel_values")
+            raise ValueError("You have to specify pixel_values ([batch, channels, height, width])")
         x = GroupViTVisionEmbeddings(cfg, name="embeddings", **kw)(jnp.asarray(pixel_values), interpolate_pos_encoding,
                                                                    deterministic)
         x, hidden_states, groupings = GroupViTVisionEncoder(cfg, self.attention_fn, name="encoder", **kw)(

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from zoo import outputs as out
 from zoo.nn import audio, losses
+from zoo.nn.inputs import check_ids
 from zoo.nn.layers import Dense
 from zoo.nn.module import PretrainedModule
 
@@ -61,6 +62,7 @@ class CTCHead(AudioHead):
         logits = self.dense(cfg.vocab_size, ("embed", "vocab"), "lm_head")(x)
         loss = None
         if labels is not None:
+            labels = check_ids("labels", labels, "[batch, target_length]", shape=(logits.shape[0], None))
             loss = audio.ctc_head_loss(cfg, logits, labels, input_values, attention_mask)
         return out.CausalLMOutput(loss=loss, logits=logits, hidden_states=o.hidden_states, attentions=o.attentions)
 

@@ -5,8 +5,11 @@ a model traces: they add nothing to the compiled function. Each raises one
 ``ValueError`` line naming the argument, what it got (shape and dtype) and what was
 expected. Values (token ids below ``vocab_size``, 0/1 masks, finite audio) cannot be
 seen at trace time: :func:`check_inputs` checks them on the host (numpy), before a call.
-Inside ``jax.jit`` an out-of-range id is clamped as JAX's gather does (the last row of
-the embedding table is used); nothing raises.
+
+Inside ``jax.jit`` an out-of-range id raises nothing; it reads what JAX's gather gives:
+in Data2VecText, BigBird and GroupViT an id >= ``vocab_size`` gives a NaN embedding row
+(``jnp.take``'s default ``"fill"`` mode) and a negative id counts from the end of the
+table (NumPy indexing); IDEFICS' decoupled embedding clamps ids into its tables.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def check_ids(name: str, x, layout: str = "[batch, length]", *, shape: tuple | N
         return None
     x = _as_array(x)
     if x.ndim != _rank(layout) or not _is_int(x):
-        raise ValueError(f"{name} must be an integer {layout} array, got {describe(x)}")
+        raise ValueError(f"{name} must be an integer array of rank {_rank(layout)} {layout}, got {describe(x)}")
     if shape is not None:
         check_shape(name, x, shape, layout)
     return x
@@ -65,18 +68,18 @@ def check_shape(name: str, x, shape: tuple, layout: str) -> None:
     got = tuple(np.shape(x))
     if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape)):
         want = "(" + ", ".join("?" if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
-        raise ValueError(f"{name} must be {layout} = {want}, got {describe(x)}")
+        raise ValueError(f"{name} must have shape {want} {layout}, got {describe(x)}")
 
 
 def check_float(name: str, x, layout: str, *, last_dim: int | None = None, hint: str = "") -> Array:
     """Floating-point array of ``layout``'s rank (last axis ``last_dim`` when given); ``hint``
     joins the message when the dtype is the problem."""
     if x is None:
-        raise ValueError(f"{name} is required (a float {layout} array)")
+        raise ValueError(f"{name} is required ({layout}, a float array)")
     x = _as_array(x)
     floating = jnp.issubdtype(x.dtype, jnp.floating)
     if x.ndim != _rank(layout) or not floating or (last_dim is not None and x.shape[-1] != last_dim):
-        raise ValueError(f"{name} must be a float {layout} array{'' if floating else hint}, got {describe(x)}")
+        raise ValueError(f"{name} must be {layout}, a float array{'' if floating else hint}, got {describe(x)}")
     return x
 
 
@@ -98,11 +101,12 @@ def check_images(x, num_channels: int, *, name: str = "pixel_values", image_size
     """Float channels-first ``[batch, num_channels, height, width]`` images; with
     ``image_size`` and not ``interpolate``, exactly that ``(height, width)``."""
     if x is None:
-        raise ValueError(f"{name} is required (a float [batch, {num_channels}, height, width] array)")
+        raise ValueError(f"{name} is required (a float [batch, channels={num_channels}, height, width] array)")
     x = _as_array(x)
-    layout = f"[batch, {num_channels}, height, width]"
+    layout = f"[batch, channels={num_channels}, height, width]"
     if x.ndim != 4:
-        raise ValueError(f"{name} must be a float {layout} array (channels first), got {describe(x)}")
+        raise ValueError(f"{name} must be a float [batch, channels, height, width] array (channels first, "
+                         f"num_channels={num_channels}), got {describe(x)}")
     if x.shape[1] != num_channels:
         hint = " (this looks channels-last: transpose to [B, C, H, W])" if x.shape[-1] == num_channels else ""
         raise ValueError(f"{name} must be channels-first {layout} (the config has num_channels={num_channels}), "
@@ -130,7 +134,7 @@ def check_text(config: Any, input_ids, token_type_ids, position_ids, inputs_embe
     token_type_ids = check_ids("token_type_ids", token_type_ids, shape=(batch, length))
     position_ids = check_ids("position_ids", position_ids)
     if position_ids is not None and (position_ids.shape[1] != length or position_ids.shape[0] not in (1, batch)):
-        raise ValueError(f"position_ids must be [batch, length] = {(batch, length)} (or [1, {length}]), "
+        raise ValueError(f"position_ids must have shape {(batch, length)} [batch, length] (or (1, {length})), "
                          f"got {describe(position_ids)}")
     return input_ids, token_type_ids, position_ids, inputs_embeds, batch, length
 
@@ -179,7 +183,18 @@ def _text_config(cfg: Any, inputs: dict) -> Any:
 
 
 _ARRAYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "input_values", "pixel_values",
-           "image_attention_mask", "bool_masked_pos", "mask_time_indices")
+           "image_attention_mask", "bool_masked_pos", "mask_time_indices", "labels")
+
+
+def _check_label_values(architecture: str, cfg: Any, labels: np.ndarray, arrays: dict) -> None:
+    """Integer labels of a head (known from the model): vocabulary ids or class indices, -100 ignored."""
+    if architecture.endswith(("MaskedLM", "CausalLM", "VisionText2Text", "ForCTC", "ForPreTraining")):
+        vocab = cfg.vocab_size + int(getattr(cfg, "additional_vocab_size", 0) or 0)
+        _range("labels", labels, 0, vocab, f"token ids, vocab_size={vocab}; -100 is ignored", ignore=(-100,))
+    elif architecture.endswith(("TokenClassification", "SequenceClassification", "FrameClassification",
+                                "ImageClassification", "SemanticSegmentation")) and getattr(cfg, "num_labels", 0) > 1:
+        ignore = (-100, getattr(cfg, "semantic_loss_ignore_index", -100))
+        _range("labels", labels, 0, cfg.num_labels, f"class indices, num_labels={cfg.num_labels}", ignore=ignore)
 
 
 def check_inputs(config_or_model, **inputs) -> None:
@@ -189,10 +204,13 @@ def check_inputs(config_or_model, **inputs) -> None:
     ``ValueError`` line naming the first bad argument: token ids outside
     ``[0, vocab_size)`` (IDEFICS: ``vocab_size + additional_vocab_size``), masks other
     than 0/1, ``token_type_ids`` >= ``type_vocab_size``, ``position_ids`` outside the
-    position table, non-finite ``input_values`` / ``pixel_values``; plus the shape and
+    position table, non-finite ``input_values`` / ``pixel_values``, and (given a model,
+    whose head says what they are) integer ``labels`` outside the vocabulary or the
+    ``num_labels`` classes (-100 ignored); plus the shape and
     dtype checks the model makes when it traces (rank, dtype class, matching shapes,
     channels-first images). Inside ``jax.jit`` none of the value errors can raise: an
-    out-of-range id is clamped as JAX's gather does.
+    out-of-range id reads what JAX's gather gives (NaN rows, clamped or wrapped ids; see
+    the module docstring).
     """
     cfg = _config_of(config_or_model)
     arrays = {k: _host(k, v) for k, v in inputs.items() if k in _ARRAYS and v is not None}
@@ -226,6 +244,9 @@ def check_inputs(config_or_model, **inputs) -> None:
         check_images(x, vision.num_channels)
         if not np.isfinite(x).all():
             raise ValueError(f"pixel_values holds {int((~np.isfinite(x)).sum())} non-finite values (NaN or inf)")
+    labels = arrays.get("labels")
+    if labels is not None and np.issubdtype(labels.dtype, np.integer) and cfg is not config_or_model:
+        _check_label_values(type(config_or_model).__name__, cfg, labels, arrays)
     for key in ("attention_mask", "image_attention_mask", "bool_masked_pos", "mask_time_indices"):
         if key in arrays:
             m = arrays[key]

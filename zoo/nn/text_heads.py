@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from zoo import outputs as out
 from zoo.nn import losses
 from zoo.nn.bert import BertClassificationHead, BertHead, flatten_choices, init_cache
+from zoo.nn.inputs import check_ids
 from zoo.nn.kv_cache import KVCache
 from zoo.nn.module import PretrainedModule
 
@@ -75,7 +76,8 @@ class MaskedLMHead(TextHead):
     def forward(self, *, labels=None, **inputs) -> out.MaskedLMOutput:
         o = self.encode(use_cache=False, **inputs)
         logits = self.lm_head()(o.last_hidden_state, self.shared_embedding())
-        loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
+        labels = check_ids("labels", labels, shape=logits.shape[:2])
+        loss = None if labels is None else losses.cross_entropy(logits, labels)
         return out.MaskedLMOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
                                   attentions=o.attentions)
 
@@ -97,7 +99,8 @@ class CausalLMHead(TextHead):
             use_cache = False
         o = self.encode(use_cache=use_cache, **inputs)
         logits = self.lm_head()(o.last_hidden_state, self.shared_embedding())
-        loss = None if labels is None else losses.causal_lm_loss(logits, jnp.asarray(labels))
+        labels = check_ids("labels", labels, shape=logits.shape[:2])
+        loss = None if labels is None else losses.causal_lm_loss(logits, labels)
         return out.CausalLMOutputWithCrossAttentions(
             loss=loss, logits=logits, past_key_values=o.past_key_values, hidden_states=o.hidden_states,
             attentions=o.attentions, cross_attentions=o.cross_attentions)
@@ -129,7 +132,8 @@ class TokenClassificationHead(TextHead):
         logits = self.dense(cfg.num_labels, ("embed", "classes"), "classifier")(x)
         loss = None
         if labels is not None:
-            loss = losses.cross_entropy(logits.reshape(-1, cfg.num_labels), jnp.asarray(labels).reshape(-1))
+            labels = check_ids("labels", labels, shape=logits.shape[:2])
+            loss = losses.cross_entropy(logits.reshape(-1, cfg.num_labels), labels.reshape(-1))
         return out.TokenClassifierOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
                                          attentions=o.attentions)
 
@@ -150,7 +154,8 @@ class MultipleChoiceHead(TextHead):
                                     "inputs_embeds"), flat)), **inputs)
         x = nn.Dropout(cfg.hidden_dropout_prob)(o.pooler_output, deterministic=deterministic)
         logits = self.dense(1, ("embed", "classes"), "classifier")(x).reshape(-1, num_choices)
-        loss = None if labels is None else losses.cross_entropy(logits, jnp.asarray(labels))
+        labels = check_ids("labels", labels, "[batch]", shape=logits.shape[:1])
+        loss = None if labels is None else losses.cross_entropy(logits, labels)
         return out.MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=o.hidden_states,
                                              attentions=o.attentions)
 

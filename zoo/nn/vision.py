@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.nn.inputs import check_images
 from zoo.nn.layers import zeros_init
 from zoo.nn.resize import resize
 
@@ -22,17 +23,8 @@ Array = jax.Array
 
 
 def check_pixel_values(pixel_values: Array, num_channels: int) -> None:
-    if pixel_values is None:
-        raise ValueError("pixel_values is required ([batch, channels, height, width])")
-    if pixel_values.ndim != 4:
-        raise ValueError(f"pixel_values must be [batch, channels, height, width], got shape {pixel_values.shape}")
-    if pixel_values.shape[1] != num_channels:
-        raise ValueError(
-            f"pixel_values has {pixel_values.shape[1]} channels (shape {pixel_values.shape}, expected "
-            f"[batch, channels, height, width]), the config has num_channels={num_channels}"
-        )
-    if not jnp.issubdtype(pixel_values.dtype, jnp.floating):
-        raise ValueError(f"pixel_values must be floating point (normalized images), got {pixel_values.dtype}")
+    """Float channels-first ``[B, num_channels, H, W]`` images (:func:`zoo.nn.inputs.check_images`)."""
+    check_images(pixel_values, num_channels)
 
 
 class PatchEmbeddings(nn.Module):
