@@ -385,6 +385,10 @@ def mutate_pickle(pkl: bytes, rng: random.Random, marker: Path) -> tuple[bytes, 
         return pkl[:pos] + blob + pkl[pos:], f"insert opcode {blob!r} at {pos}"
     if choice == "truncate":
         return pkl[:pos], f"truncate before {op.name} at {pos}"
+    if op.name in ("BINPUT", "LONG_BINPUT", "BINGET", "LONG_BINGET"):
+        new = rng.choice((0, 1, 255, 2**16, 2**28, 2**31, 2**32 - 1))
+        code = b"r" if "PUT" in op.name else b"j"
+        return pkl[:pos] + code + struct.pack("<I", new) + pkl[end:], f"{op.name} at {pos} -> index {new}"
     if op.name in ("BININT1", "BININT2", "BININT"):
         code = {"BININT1": "B", "BININT2": "H", "BININT": "i"}[op.name]
         new = rng.choice((0, 1, 2, 255, 2**16 - 1, 2**31 - 1, -1, -(2**31)))
@@ -493,13 +497,25 @@ def allowed_errors() -> tuple[type, ...]:
     return CheckpointError, UnsupportedConfigError, UnsupportedModelError
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 @contextlib.contextmanager
-def time_limit(seconds: float):
+def time_limit(seconds: float, max_extra_rss: int = 4 << 30):
+    """Raise :class:`CaseTimeout` in the block past ``seconds`` or when the process grows by
+    ``max_extra_rss`` bytes (checked 20 times a second; Python-level work only)."""
+    start, base = time.perf_counter(), _rss_bytes()
+
     def on_alarm(signum, frame):
-        raise CaseTimeout(f"ran past {seconds} s")
+        if time.perf_counter() - start > seconds:
+            raise CaseTimeout(f"ran past {seconds} s")
+        if _rss_bytes() - base > max_extra_rss:
+            raise CaseTimeout(f"grew past {max_extra_rss >> 30} GiB of memory")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
     try:
         yield
     finally:

@@ -2,6 +2,11 @@
 
 ``open_checkpoint`` returns a ``Checkpoint`` that knows every tensor's name, shape and dtype
 from the file headers and reads tensor data only on ``get``/``items``, one tensor at a time.
+
+Integrity: a ``.bin``'s zip entries are CRC-checked as they are read (``torch_pickle``); a
+safetensors header must tile the data area exactly (the reference implementation's rule); a
+sharded index must name existing shards that hold the tensors it places there, and its
+``metadata.total_size``, when present, must match the shards' headers.
 """
 
 import json
@@ -60,8 +65,10 @@ class Checkpoint:
 
     def read_slice(self, key: str, index: tuple) -> np.ndarray:
         """Read ``tensor[index]`` (a tuple of slices) into a fresh array. Safetensors shards
-        are memory-mapped and copy only the slice; PyTorch shards read the whole tensor
-        (see :meth:`sliceable`)."""
+        are memory-mapped and copy only the slice (the format has no checksum: nothing is
+        verified beyond the header); PyTorch shards read the whole tensor, so the CRC-32 of its
+        storage entry is checked on the first read from it, as for :meth:`get` (see
+        :meth:`sliceable`)."""
         shard = self._shard(key)
         if isinstance(shard, SafetensorsFile):
             return shard.read_slice(key, index)

@@ -17,6 +17,7 @@ import collections
 import io
 import math
 import pickle
+import pickletools
 import struct
 import zipfile
 import zlib
@@ -233,6 +234,7 @@ class TorchZipFile:
         }
         data = self._read_entry(self._prefix + "data.pkl")
         try:
+            _check_memo_indices(data)
             obj = _SafeUnpickler(data, self.path, sizes).load()
         except (CheckpointError, ImportError):
             raise
@@ -306,6 +308,14 @@ class TorchZipFile:
             _, name_len, extra_len = _LOCAL_HEADER.unpack(head)
             self._data_offsets[info.filename] = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         return self._data_offsets[info.filename]
+
+
+def _check_memo_indices(data: bytes) -> None:
+    """Refuse memo indices no valid pickle of this size uses: C's unpickler grows its memo
+    array to the largest index it is given (PUT 2**32 - 1 would touch 32 GiB)."""
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= int(arg) <= len(data):
+            raise ValueError(f"memo index {arg} of {op.name} is impossible in a {len(data)}-byte pickle")
 
 
 def _read_checksummed(f, start: int, offset: int, dst: np.ndarray, total: int, path: str, what: str) -> int:

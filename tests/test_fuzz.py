@@ -86,3 +86,25 @@ def test_every_code_execution_payload_is_refused(prepared, tmp_path, name, blob)
     outcome = run_case(Case(0, "bin", "pickle", name, case_dir, path.name, "torch"), reference, marker)
     assert outcome.kind.startswith("refused:"), outcome
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("index", [2**28, 2**32 - 1])
+def test_huge_memo_index_is_refused_before_unpickling(prepared, tmp_path, index):
+    """Found by the fuzzer: C's unpickler grows its memo to the largest LONG_BINPUT index
+    (2**32 - 1: 32 GiB touched, the process OOM-killed)."""
+    import struct
+
+    from converters.errors import CorruptCheckpointError
+
+    _, (bases, _) = prepared
+    path = tmp_path / "memo.bin"
+    with zipfile.ZipFile(bases["bin"] / "pytorch_model.bin") as z:
+        entries = {i.filename: z.read(i) for i in z.infolist()}
+    name = next(n for n in entries if n.endswith("/data.pkl"))
+    at = entries[name].index(b"q\x00")
+    entries[name] = entries[name][:at] + b"r" + struct.pack("<I", index) + entries[name][at + 2:]
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in entries.items():
+            z.writestr(n, data)
+    with pytest.raises(CorruptCheckpointError, match=f"memo.bin: cannot unpickle data.pkl: memo index {index}"):
+        open_checkpoint(path)
