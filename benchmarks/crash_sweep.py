@@ -327,7 +327,7 @@ def sweep(points: int, seed: int, work: Path, chain: int = 3) -> dict:
         n = min(chain, left)
         outcomes.append(finetune.trial([finetune.random_point(rng) for _ in range(n)]))
         _say(outcomes[-1])
-        left -= n
+        left -= len(outcomes[-1].points)  # a chain stops at a run that ends before its kill
     rows = {}
     for name in budget:
         mine = [o for o in outcomes if o.command == name]
