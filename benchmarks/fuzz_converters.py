@@ -609,6 +609,7 @@ class Summary:
     outcomes: Counter = field(default_factory=Counter)
     by_kind: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)
+    lenient: list = field(default_factory=list)
     slowest_s: float = 0.0
 
     def add(self, case: Case, outcome: Outcome, seconds: float) -> None:
@@ -617,6 +618,8 @@ class Summary:
         head = outcome.kind.split(":")[0] if outcome.kind.startswith("refused") else outcome.kind
         self.outcomes[head] += 1
         self.by_kind.setdefault(case.kind, Counter())[outcome.kind] += 1
+        if outcome.kind == "converted-lenient":
+            self.lenient.append(dict(case=case.index, fmt=case.fmt, kind=case.kind, mutation=case.description))
         if outcome.failed:
             self.failures.append(dict(case=case.index, fmt=case.fmt, kind=case.kind, mutation=case.description,
                                       outcome=outcome.kind, detail=outcome.detail))
@@ -667,12 +670,16 @@ def report(summary: Summary, seed: int) -> tuple[dict, str]:
                    cases_per_s=round(summary.cases / max(summary.seconds, 1e-9), 1),
                    slowest_case_s=round(summary.slowest_s, 2), outcomes=dict(summary.outcomes),
                    by_mutation={k: dict(v) for k, v in sorted(summary.by_kind.items())},
-                   failures=summary.failures)
-    failed = sum(summary.outcomes[f] for f in summary.outcomes if f.split(":")[0] in FAILURES)
+                   failures=summary.failures, lenient=summary.lenient)
+    failed = len(summary.failures)
+    config = sum(summary.by_kind.get("config", Counter()).values())
+    config_failed = sum(1 for f in summary.failures if f["kind"] == "config")
     md = [f"# Converter fuzzing: {summary.cases} cases, seed {seed}", "",
           f"{summary.cases} mutated checkpoints in {summary.seconds:.0f} s "
-          f"({payload['cases_per_s']} cases/s, slowest case {summary.slowest_s:.2f} s): "
-          f"{failed} failures.", "", "| outcome | cases |", "|---|---|"]
+          f"({payload['cases_per_s']} cases/s, slowest case {summary.slowest_s:.2f} s): {failed} failures. "
+          f"Mutations of the weights and index files: {summary.cases - config} cases, "
+          f"{failed - config_failed} failures; of config.json: {config} cases, {config_failed} failures "
+          "(zoo's config validation, not the converters).", "", "| outcome | cases |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in summary.outcomes.most_common()]
     md += ["", "| mutation | outcomes |", "|---|---|"]
     md += [f"| {k} | {', '.join(f'{o} {n}' for o, n in v.most_common())} |" for k, v in sorted(summary.by_kind.items())]
