@@ -204,7 +204,7 @@ def test_check_inputs_catches_values():
     zoo.check_inputs(audio, input_values=wave)
     with pytest.raises(ValueError, match="input_values holds 1 non-finite"):
         zoo.check_inputs(audio, input_values=np.where(np.arange(1600) == 5, np.nan, wave).astype(np.float32))
-    with pytest.raises(ValueError, match="input_values must be a float"):
+    with pytest.raises(ValueError, match=r"input_values must be \[batch, samples\], a float array.*int16"):
         zoo.check_inputs(audio, input_values=wave.astype(np.int16))
     vision = CONFIGS["data2vec_vision"]
     with pytest.raises(ValueError, match="pixel_values holds 1 non-finite"):
