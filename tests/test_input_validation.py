@@ -122,6 +122,8 @@ BAD = [  # (family, changed inputs, words the message must contain)
     ("idefics", dict(pixel_values=S((2, 1, 16, 16, 3), F32)), ["pixel_values", "channels-first"]),
     ("idefics", dict(pixel_values=S((2, 1, 3, 16, 16), jnp.uint8)), ["pixel_values", "float"]),
     ("idefics", dict(image_attention_mask=S((2, 6, 1), I32)), ["image_attention_mask", "(2, 7, 1)"]),
+    ("idefics", dict(input_ids=None, inputs_embeds=S((2, 7, 15), F32)), ["inputs_embeds", "[batch, length, 16]"]),
+    ("idefics", dict(position_ids=S((2, 5), I32)), ["position_ids", "(?, 7)", "(2, 5)"]),
 ]
 
 

@@ -39,6 +39,7 @@ from zoo.nn.module import PretrainedModule
 from zoo.nn.llama import GatedMLP, RMSNorm, apply_rotary, rotary_cos_sin
 from zoo.nn.losses import causal_lm_loss
 from zoo.nn.resize import resize
+from zoo.nn.inputs import check_float, check_ids, check_mask
 from zoo.nn.vision import PatchProjection, check_pixel_values
 
 Array = jax.Array
@@ -632,23 +633,18 @@ class IdeficsModel(PretrainedModule):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
-            input_ids = jnp.asarray(input_ids)
-            if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
-                raise ValueError(f"input_ids must be an integer [batch, length] array, got shape {input_ids.shape} "
-                                 f"dtype {input_ids.dtype}")
-            x = self.embed_tokens(input_ids)
+            x = self.embed_tokens(check_ids("input_ids", input_ids))
         else:
-            x = jnp.asarray(inputs_embeds).astype(self.dtype)
+            x = check_float("inputs_embeds", inputs_embeds, f"[batch, length, {cfg.hidden_size}]",
+                            last_dim=cfg.hidden_size).astype(self.dtype)
         batch, length = x.shape[:2]
         use_cache = (cfg.use_cache if use_cache is None else use_cache) and past_key_values is not None
         cache = past_key_values if use_cache else None
         past = 0 if cache is None else cache.length
         key_length = length if cache is None else cache.max_length
-        if attention_mask is not None:
-            attention_mask = jnp.asarray(attention_mask)
-            if attention_mask.shape != (batch, key_length):
-                raise ValueError(f"attention_mask must have shape {(batch, key_length)} (batch, "
-                                 f"{'cache max_length' if cache is not None else 'length'}), got {attention_mask.shape}")
+        attention_mask = check_mask("attention_mask", attention_mask, (batch, key_length),
+                                    "[batch, cache max_length]" if cache is not None else "[batch, length]")
+        position_ids = check_ids("position_ids", position_ids, shape=(None, length))
         if position_ids is None:
             if attention_mask is not None:  # HF: positions count the real tokens (left padding)
                 positions = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
