@@ -152,7 +152,7 @@ def _open_index(path: str) -> Checkpoint:
         for key, name in weight_map.items():
             if key not in shards[name]:
                 raise CorruptCheckpointError(
-                    f"{shards[name].path}: tensor {key!r} promised by {path} is not in this shard"
+                    f"{shards[name].path}: tensor {key!r} promised by {os.path.basename(path)} is not in this shard"
                 )
         _check_total_size(path, metadata, weight_map, shards)
         checkpoint = Checkpoint(path, f"{kind}-sharded", {k: shards[n] for k, n in weight_map.items()}, metadata)
