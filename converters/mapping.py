@@ -513,8 +513,8 @@ def plan_params(
                        and not any(a.search(p) for a in allowed)]
             raise KeyMappingError(
                 f"{source}: {len(missing)} parameters missing from the checkpoint "
-                f"(wrong family or architecture?): {', '.join(name(p) for p in missing[:8])}"
-                + (" ..." if len(missing) > 8 else "")
+                f"(wrong family or architecture?): {', '.join(name(p) for p in missing[:3])}"
+                + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             )
     return sources, report
 

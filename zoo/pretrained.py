@@ -38,7 +38,7 @@ from converters.mapping import (
 from converters.readers import Checkpoint, open_checkpoint
 from converters.writers import atomic_directory, save_safetensors, save_safetensors_streamed
 from zoo import parallel
-from zoo.config import ZooConfig
+from zoo.config import UnsupportedConfigError, ZooConfig
 from zoo.initialization import abstract_variables, init_flat, param_shapes
 from zoo.nn import scan
 from zoo.registry import Family, UnsupportedModelError, family_of_architecture, get_family
@@ -115,8 +115,11 @@ def read_config(directory: Path) -> tuple[Family, ZooConfig]:
         raise CorruptCheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise CorruptCheckpointError(f"{path}: expected a JSON object")
-    family = get_family(data.get("model_type"))
-    return family, family.config_class.from_dict(data)
+    try:
+        family = get_family(data.get("model_type"))
+        return family, family.config_class.from_dict(data)
+    except (UnsupportedModelError, UnsupportedConfigError) as e:
+        raise type(e)(f"{path}: {e}") from None
 
 def choose_architecture(family: Family, config: ZooConfig, architecture: str | None) -> str:
     if architecture is not None:

@@ -82,12 +82,13 @@ MODEL_TYPE_ALIASES = {"groupvit_text_model": "groupvit", "groupvit_vision_model"
 
 
 def get_family(model_type: str | None) -> Family:
-    try:
-        return FAMILIES[MODEL_TYPE_ALIASES.get(model_type, model_type)]
-    except KeyError:
+    family = FAMILIES.get(MODEL_TYPE_ALIASES.get(model_type, model_type)) if isinstance(model_type, str) else None
+    if family is None:
+        shown = repr(model_type) if len(repr(model_type)) <= 60 else repr(model_type)[:57] + "..."
         raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported; supported families: {', '.join(sorted(FAMILIES))}"
-        ) from None
+            f"model_type {shown} is not supported; supported families: {', '.join(sorted(FAMILIES))}"
+        )
+    return family
 
 
 def family_of_architecture(architecture: str) -> Family:

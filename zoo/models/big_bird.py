@@ -116,6 +116,7 @@ class BigBirdConfig(ZooConfig):
             self._unsupported("num_random_blocks", self.num_random_blocks, "must be >= 0")
         if self.pad_token_id is None:
             self._unsupported("pad_token_id", None, "block padding fills with the padding token")
+        self._require_padding_index()
 
     @property
     def max_tokens_to_attend(self) -> int:

@@ -82,6 +82,11 @@ class Data2VecTextConfig(ZooConfig):
             self._unsupported("add_cross_attention", True, "cross-attention needs is_decoder=True (as in HF)")
         if self.pad_token_id is None:
             self._unsupported("pad_token_id", None, "position ids are derived from the padding token")
+        self._require_padding_index()
+        if self.max_position_embeddings <= self.pad_token_id + 1:
+            self._invalid("max_position_embeddings", self.max_position_embeddings,
+                          f"positions start after pad_token_id={self.pad_token_id}, so the table needs "
+                          f"more than {self.pad_token_id + 1} rows")
 
 
 KEY_TABLE = KeyTable(
@@ -214,7 +219,8 @@ class Data2VecTextModel(PretrainedModule):
     @staticmethod
     def dummy_inputs(config: Data2VecTextConfig) -> dict:
         """Smallest inputs that create every parameter (cross-attention included)."""
-        inputs = {"input_ids": jnp.full((1, 4), config.pad_token_id + 1, jnp.int32)}
+        length = min(4, config.max_position_embeddings - config.pad_token_id - 1)
+        inputs = {"input_ids": jnp.full((1, length), config.pad_token_id + 1, jnp.int32)}
         if config.is_decoder and config.add_cross_attention:
             inputs["encoder_hidden_states"] = jnp.zeros((1, 2, config.hidden_size))
         return inputs
