@@ -41,7 +41,6 @@ import contextlib
 import io
 import json
 import os
-import pickle
 import pickletools
 import random
 import shutil
