@@ -45,7 +45,7 @@ def test_converter_mutations(prepared):
 def test_config_mutations(prepared):
     """config.json values of the wrong type or range: one line naming config.json, no traceback."""
     root, bases_reference = prepared
-    summary = fuzz(100_000, seed=0, budget_s=6, limit_s=2, work=root, prepared=bases_reference, kinds=("config",))
+    summary = fuzz(100_000, seed=0, budget_s=6, limit_s=5, work=root, prepared=bases_reference, kinds=("config",))
     assert not summary.failures, _failures(summary)
 
 
