@@ -152,3 +152,26 @@ def test_only_main_imports_the_cli():
     importers = sorted(f"{MODULES[m].relative_to(ROOT)}:{edges['zoo.cli']}" for m, edges in graph.items()
                        if "zoo.cli" in edges and m != "zoo.__main__")
     assert not importers, "the library imports the command line: " + ", ".join(importers)
+
+
+def test_package_face_and_cli_help_do_not_import_jax():
+    """``import zoo`` and ``zoo --help`` (every subcommand's too) wait for neither jax nor flax:
+    the names of the package face import their modules on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\n"
+        "import zoo\n"
+        "from zoo.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "for command in ('', 'convert', 'run', 'generate', 'finetune', 'demo'):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        parser.parse_args([command, '--help'] if command else ['--help'])\n"
+        "heavy = sorted(m for m in ('jax', 'flax', 'torch', 'transformers') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "assert callable(zoo.from_pretrained) and zoo.parallel.__name__ == 'zoo.parallel'\n"
+        "assert 'jax' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
