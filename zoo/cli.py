@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -134,6 +135,10 @@ def cmd_convert(args) -> None:
 
     dtype = None if args.dtype is None else as_dtype(args.dtype)
     out = _check_new_output(args.out)
+    if args.verify:
+        from zoo.verify import require_pytorch
+
+        require_pytorch()  # before anything is written
     src = pretrained.resolve_checkpoint(args.src)
     model, report = pretrained.convert(src, out, args.architecture, param_dtype=dtype, progress=True)
     import numpy as np
@@ -144,8 +149,13 @@ def cmd_convert(args) -> None:
     if args.verify:
         from zoo.verify import compare_with_pytorch
 
-        model, variables = pretrained.from_pretrained(out)
-        for field, diff in compare_with_pytorch(src, model, variables).items():
+        try:
+            model, variables = pretrained.from_pretrained(out)
+            diffs = compare_with_pytorch(src, model, variables)
+        except BaseException:  # a conversion that could not be verified is not kept
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        for field, diff in diffs.items():
             print(f"verify {field}: max abs diff {diff:.3g}")
 
 
