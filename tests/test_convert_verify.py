@@ -82,3 +82,15 @@ def test_verify_without_torch_says_so_before_writing(tmp_path, capsys, monkeypat
     captured = capsys.readouterr()
     assert "needs torch" in captured.err and "converted" not in captured.out
     assert not (tmp_path / "out").exists()
+
+
+def test_run_warns_when_a_head_is_freshly_initialised(capsys):
+    from zoo.assets import TINY_TEXT_CHECKPOINT
+
+    assert main(["run", str(TINY_TEXT_CHECKPOINT), "--architecture", "Data2VecTextForQuestionAnswering",
+                 "--input-ids", "0 5 6 2"]) == 0
+    err = capsys.readouterr().err
+    assert "zoo: warning: 2 parameters of Data2VecTextForQuestionAnswering are not in the checkpoint" in err
+    assert "predictions are random until it is fine-tuned" in err and len(err.splitlines()) == 1
+    assert main(["run", str(TINY_TEXT_CHECKPOINT), "--input-ids", "0 5 6 2"]) == 0
+    assert "warning" not in capsys.readouterr().err

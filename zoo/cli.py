@@ -195,9 +195,15 @@ def cmd_run(args) -> None:
     from zoo import inference, pretrained
 
     src = pretrained.resolve_checkpoint(args.checkpoint)
-    model, variables = pretrained.from_pretrained(src, args.architecture,
-                                                  attention_kernel=getattr(args, "attention_kernel", "auto"))
+    loaded = pretrained.from_pretrained(src, args.architecture,
+                                        attention_kernel=getattr(args, "attention_kernel", "auto"))
+    model, variables = loaded
     name = type(model).__name__
+    fresh = loaded.report.missing if loaded.report is not None else []
+    if fresh:
+        print(f"zoo: warning: {len(fresh)} parameters of {name} are not in the checkpoint and were initialised "
+              f"at random ({', '.join(fresh[:2])}{', ...' if len(fresh) > 2 else ''}): its predictions are "
+              "random until it is fine-tuned", file=sys.stderr)
     kind = inference.input_kind(model)
     image, audio = getattr(args, "image", None), getattr(args, "audio", None)
     if kind in ("image", "image_text") and not image:
