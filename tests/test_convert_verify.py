@@ -94,3 +94,14 @@ def test_run_warns_when_a_head_is_freshly_initialised(capsys):
     assert "predictions are random until it is fine-tuned" in err and len(err.splitlines()) == 1
     assert main(["run", str(TINY_TEXT_CHECKPOINT), "--input-ids", "0 5 6 2"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [[], ["--image", "PICTURE"]])
+def test_run_points_idefics_to_generate(capsys, extra):
+    from zoo.assets import TINY_IDEFICS_CHECKPOINT, TINY_PICTURE
+
+    extra = [str(TINY_PICTURE) if a == "PICTURE" else a for a in extra]
+    assert main(["run", str(TINY_IDEFICS_CHECKPOINT), *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("zoo: error: IdeficsForVisionText2Text writes text about images: use `zoo generate ")
+    assert len(err.splitlines()) == 1

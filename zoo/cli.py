@@ -205,6 +205,9 @@ def cmd_run(args) -> None:
               f"at random ({', '.join(fresh[:2])}{', ...' if len(fresh) > 2 else ''}): its predictions are "
               "random until it is fine-tuned", file=sys.stderr)
     kind = inference.input_kind(model)
+    if kind == "prompt":
+        raise ValueError(f"{name} writes text about images: use `zoo generate {args.checkpoint} "
+                         f"--prompt \"<image> ...\" --image FILE`")
     image, audio = getattr(args, "image", None), getattr(args, "audio", None)
     if kind in ("image", "image_text") and not image:
         raise ValueError(f"{name} takes images: pass --image FILE")

@@ -1,7 +1,7 @@
 """Run a loaded model on one input and name its predictions (what ``zoo run`` prints).
 
     model, variables = zoo.from_pretrained(directory)
-    kind = input_kind(model)                          # "text", "audio", "image" or "image_text"
+    kind = input_kind(model)                          # "text", "audio", "image", "image_text" or "prompt"
     pred = predict_text(model, variables, [[0, 31, 7, 2]])
     pred = predict_audio(model, variables, samples, rate, directory=directory)
     pred = predict_image(model, variables, load_image(path), directory=directory)
@@ -65,7 +65,10 @@ class Prediction:
 
 
 def input_kind(model) -> str:
-    """What ``model`` takes: ``"image_text"`` (GroupViT), ``"image"``, ``"audio"`` or ``"text"``."""
+    """What ``model`` takes: ``"prompt"`` (IDEFICS: interleaved text and images, for ``zoo
+    generate``), ``"image_text"`` (GroupViT), ``"image"``, ``"audio"`` or ``"text"``."""
+    if model.config.model_type == "idefics":
+        return "prompt"
     inputs = model.dummy_inputs(model.config)
     if "pixel_values" in inputs:
         return "image_text" if "input_ids" in inputs else "image"
