@@ -681,8 +681,8 @@ def report(summary: Summary, seed: int) -> tuple[dict, str]:
           f"{summary.cases} mutated checkpoints in {summary.seconds:.0f} s "
           f"({payload['cases_per_s']} cases/s, slowest case {summary.slowest_s:.2f} s): {failed} failures. "
           f"Mutations of the weights and index files: {summary.cases - config} cases, "
-          f"{failed - config_failed} failures; of config.json: {config} cases, {config_failed} failures "
-          "(zoo's config validation, not the converters).", "", "| outcome | cases |", "|---|---|"]
+          f"{failed - config_failed} failures; of config.json (zoo.config's checks): {config} cases, "
+          f"{config_failed} failures.", "", "| outcome | cases |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in summary.outcomes.most_common()]
     md += ["", "| mutation | outcomes |", "|---|---|"]
     md += [f"| {k} | {', '.join(f'{o} {n}' for o, n in v.most_common())} |" for k, v in sorted(summary.by_kind.items())]

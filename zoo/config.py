@@ -172,7 +172,7 @@ class ZooConfig:
     def _require_choice(self, field: str, allowed) -> None:
         value = getattr(self, field)
         if value not in allowed:
-            self._unsupported(field, value, f"supported values are {sorted(allowed)}")
+            self._unsupported(field, value, f"choose one of {', '.join(map(str, sorted(allowed)))}")
 
     # ------------------------------------------------------------------- export
     def to_dict(self) -> dict[str, Any]:
@@ -293,7 +293,7 @@ def _label_map(cls, id2label: Any) -> dict[int, str]:
     return out
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def _short(value: Any, limit: int = 40) -> str:
     """``repr`` cut to ``limit`` characters, tuples shown as the JSON lists they were read from."""
     def as_lists(v):
         if isinstance(v, (tuple, list)):
