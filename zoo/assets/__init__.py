@@ -15,16 +15,22 @@ from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent
 
-TINY_TEXT_CHECKPOINT = ASSETS_DIR / "tiny-data2vec-text"          # Data2VecTextForMaskedLM, model.safetensors
+TINY_TEXT_CHECKPOINT = ASSETS_DIR / "tiny-data2vec-text"          # Data2VecTextForMaskedLM + RoBERTa tokenizer
 TINY_TEXT_BIN_CHECKPOINT = ASSETS_DIR / "tiny-data2vec-text-bin"  # the same weights as pytorch_model.bin
 TINY_AUDIO_CTC_CHECKPOINT = ASSETS_DIR / "tiny-data2vec-audio-ctc"  # Data2VecAudioForCTC + vocab, extractor
 TINY_SPEECH_WAV = ASSETS_DIR / "tiny-speech.wav"                  # 1 s of 16 kHz mono PCM
 TINY_TEXT_CLASSIFICATION_DATA = ASSETS_DIR / "tiny-text-classification.jsonl"  # `zoo finetune` example data
 TINY_IDEFICS_CHECKPOINT = ASSETS_DIR / "tiny-idefics"            # IdeficsForVisionText2Text + tokenizer, processor
 TINY_PICTURE = ASSETS_DIR / "tiny-picture.png"                    # 64 x 48 RGB
+TINY_BIG_BIRD_CHECKPOINT = ASSETS_DIR / "tiny-big-bird"           # BigBirdForMaskedLM (block-sparse) + tokenizer
+TINY_VISION_CHECKPOINT = ASSETS_DIR / "tiny-data2vec-vision"      # Data2VecVisionForImageClassification + processor
+TINY_GROUPVIT_CHECKPOINT = ASSETS_DIR / "tiny-groupvit"           # GroupViTModel + CLIP tokenizer, image processor
+TINY_SEW_D_CTC_CHECKPOINT = ASSETS_DIR / "tiny-sew-d-ctc"         # SEWDForCTC + vocab, extractor
 
 NAMES = tuple(p.name for p in (TINY_TEXT_CHECKPOINT, TINY_TEXT_BIN_CHECKPOINT, TINY_AUDIO_CTC_CHECKPOINT,
-                               TINY_SPEECH_WAV, TINY_TEXT_CLASSIFICATION_DATA, TINY_IDEFICS_CHECKPOINT, TINY_PICTURE))
+                               TINY_SPEECH_WAV, TINY_TEXT_CLASSIFICATION_DATA, TINY_IDEFICS_CHECKPOINT, TINY_PICTURE,
+                               TINY_BIG_BIRD_CHECKPOINT, TINY_VISION_CHECKPOINT, TINY_GROUPVIT_CHECKPOINT,
+                               TINY_SEW_D_CTC_CHECKPOINT))
 
 
 def asset_path(name: str) -> Path:
@@ -37,5 +43,7 @@ def asset_path(name: str) -> Path:
     return path
 
 
-__all__ = ["ASSETS_DIR", "NAMES", "TINY_AUDIO_CTC_CHECKPOINT", "TINY_IDEFICS_CHECKPOINT", "TINY_PICTURE", "TINY_SPEECH_WAV", "TINY_TEXT_BIN_CHECKPOINT",
-           "TINY_TEXT_CHECKPOINT", "TINY_TEXT_CLASSIFICATION_DATA", "asset_path"]
+__all__ = ["ASSETS_DIR", "NAMES", "TINY_AUDIO_CTC_CHECKPOINT", "TINY_BIG_BIRD_CHECKPOINT", "TINY_GROUPVIT_CHECKPOINT",
+           "TINY_IDEFICS_CHECKPOINT", "TINY_PICTURE", "TINY_SEW_D_CTC_CHECKPOINT", "TINY_SPEECH_WAV",
+           "TINY_TEXT_BIN_CHECKPOINT", "TINY_TEXT_CHECKPOINT", "TINY_TEXT_CLASSIFICATION_DATA", "TINY_VISION_CHECKPOINT",
+           "asset_path"]
