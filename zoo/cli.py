@@ -13,7 +13,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -115,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
 
-    p = sub.add_parser("demo", help="convert the tiny checkpoint shipped with the zoo and run it")
-    p.add_argument("--output", help="keep the converted checkpoints in this directory (default: a temp dir)")
+    p = sub.add_parser("demo", help="convert the tiny checkpoints shipped with the zoo and run them")
+    p.add_argument("--family", help="the family to show: data2vec-text, data2vec-audio, data2vec-vision, big_bird, "
+                                    "groupvit, idefics, sew-d, or all (default: data2vec-text and data2vec-audio)")
+    p.add_argument("--output", help="keep the converted checkpoints in this directory (default: a temporary "
+                                    "directory, removed at the end)")
     return parser
 
 
@@ -244,7 +246,8 @@ def cmd_run(args) -> None:
     if getattr(args, "text", None) is not None:
         from zoo.preprocessing import Tokenizer
 
-        ids = Tokenizer.from_pretrained(src)(args.text)["input_ids"]
+        tokenizer = Tokenizer.from_pretrained(src)
+        ids = tokenizer(args.text)["input_ids"]
         if not ids:
             raise ValueError("--text tokenized to no tokens")
     elif args.input_ids is None:  # only the built-in sample is folded into the vocabulary
@@ -262,6 +265,22 @@ def cmd_run(args) -> None:
     pred = inference.predict_text(model, variables, [ids], top_k=top_k)
     print(f"{name} on {pred.num_tokens} tokens")
     _print_prediction(pred, top_k)
+    if getattr(args, "text", None) is not None and pred.token_top_ids is not None:
+        _print_words(tokenizer, pred, masked=name.endswith("MaskedLM"))
+
+
+def _print_words(tokenizer, pred, *, masked: bool) -> None:
+    """--text: the top tokens as words; a masked LM's text with each mask filled by its top word."""
+    def word(i):
+        return tokenizer.decode([int(i)]).strip() or repr(tokenizer.convert_ids_to_tokens(int(i)))
+
+    mask_id = tokenizer.convert_tokens_to_ids(tokenizer.special_token("mask_token") or "") if masked else None
+    for pos, top in enumerate(pred.token_top_ids):
+        if mask_id is None or pred.input_ids[pos] == mask_id:
+            print(f"  position {pos:3d} {word(pred.input_ids[pos])!r}: " + " | ".join(word(i) for i in top))
+    if mask_id is not None and mask_id in pred.input_ids:
+        filled = [int(top[0]) if i == mask_id else int(i) for i, top in zip(pred.input_ids, pred.token_top_ids)]
+        print(f"  filled: {tokenizer.decode(filled, skip_special_tokens=True).strip()!r}")
 
 
 def _run_zero_shot(src: Path, model, variables, args) -> None:
@@ -386,25 +405,16 @@ def cmd_finetune(args) -> None:
 def cmd_demo(args) -> None:
     import importlib.util
 
-    from zoo.assets import TINY_AUDIO_CTC_CHECKPOINT, TINY_SPEECH_WAV, TINY_TEXT_CHECKPOINT
+    from zoo import demo
 
-    out = Path(args.output or tempfile.mkdtemp(prefix="zoo-demo-")) / "converted"
-    print(f"# zoo convert {TINY_TEXT_CHECKPOINT} {out}")
+    names = demo.families(args.family)  # an unknown family fails before anything runs
     verify = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
-    cmd_convert(argparse.Namespace(src=str(TINY_TEXT_CHECKPOINT), out=str(out), dtype="float32",
-                                   architecture=None, verify=verify))
-    print(f"# zoo info {out}")
-    cmd_info(argparse.Namespace(path=str(out)))
-    print(f"# zoo run {out}")
-    cmd_run(argparse.Namespace(checkpoint=str(out), architecture=None, top_k=5,
-                               input_ids="0 31 7 4 58 100 9 2", audio=None))
-    audio_out = out.parent / "converted-audio"
-    print(f"# zoo convert {TINY_AUDIO_CTC_CHECKPOINT} {audio_out}")
-    cmd_convert(argparse.Namespace(src=str(TINY_AUDIO_CTC_CHECKPOINT), out=str(audio_out), dtype="float32",
-                                   architecture=None, verify=False))
-    print(f"# zoo run {audio_out} --audio {TINY_SPEECH_WAV}")
-    cmd_run(argparse.Namespace(checkpoint=str(audio_out), architecture=None, top_k=5, input_ids=None,
-                               audio=str(TINY_SPEECH_WAV)))
+    parser = build_parser()
+    with demo.workspace(args.output) as workdir:
+        for family in names:
+            for step in demo.steps(family, workdir, verify=verify):
+                print(f"# {step.shell()}", flush=True)
+                COMMANDS[step.command](parser.parse_args([step.command, *step.argv]))
 
 
 COMMANDS = {"convert": cmd_convert, "export": cmd_export, "list": cmd_list, "info": cmd_info,
