@@ -49,6 +49,8 @@ def make_text(directory: Path) -> None:
 def make_text_bin(directory: Path) -> None:
     model = _text_model()
     directory.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]  # as model.save_pretrained sets them
+    model.config.dtype = torch.float32
     model.config.save_pretrained(directory)
     torch.save(model.state_dict(), directory / "pytorch_model.bin")
 
