@@ -129,7 +129,64 @@ def dot_product_attention(
         return out, None
 
     q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [B, H, L, D]: batched matmuls
-    scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2)) * jnp.asarray(scale, query.dtype)
+    keep = None
+    if dropout_active:
+        if dropout_rng is None:
+            raise ValueError("attention dropout in training mode needs a dropout_rng")
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, q.shape[:3] + k.shape[2:3])
+    blocks = query_blocks(q.shape[2])
+    parts = jax.lax.platform_dependent(
+        q, k, v, mask, bias, head_mask, keep,
+        cpu=lambda *a: _xla_attention_blocked(*a, blocks=blocks, scale=scale, dropout_rate=dropout_rate,
+                                              return_probs=return_probs),
+        default=lambda *a: _xla_attention_blocked(*a, blocks=((0, q.shape[2]),), scale=scale,
+                                                  dropout_rate=dropout_rate, return_probs=return_probs))
+    out, probs = parts
+    return jnp.swapaxes(out, 1, 2), probs
+
+
+# XLA:CPU fuses a whole attention (q k^T, softmax, p v) into one YNNPACK subgraph, which
+# slows down 4-5x once the query length passes 256 (8 x 6 heads x 64, Lk = 260: 21.7 ms, the
+# same in query blocks of 130: 5.8 ms; Lq 256: 4.4 ms; benchmarks/README.md). Every query row's
+# softmax is its own, so on a CPU the queries go in blocks of at most this many rows: the
+# same values up to float32 rounding (tests/test_attention_query_blocks.py).
+QUERY_BLOCK = 256
+
+
+def query_blocks(length: int, block: int = QUERY_BLOCK) -> tuple[tuple[int, int], ...]:
+    """``(start, stop)`` of equal query blocks of at most ``block`` rows covering ``length``."""
+    count = -(-length // block)
+    step = -(-length // count)
+    return tuple((i, min(i + step, length)) for i in range(0, length, step))
+
+
+def _rows(x: Array | None, start: int, stop: int, length: int) -> Array | None:
+    """Query rows ``start:stop`` of an array broadcastable to ``[B, H, Lq, Lk]``."""
+    if x is None or x.ndim < 2 or x.shape[-2] != length:
+        return x
+    return x[..., start:stop, :]
+
+
+def _xla_attention_blocked(q, k, v, mask, bias, head_mask, keep, *, blocks, scale, dropout_rate, return_probs):
+    length = q.shape[2]
+    outs, probs = [], []
+    for start, stop in blocks:
+        rows = lambda x: _rows(x, start, stop, length)
+        out, p = _xla_attention(q[:, :, start:stop], k, v,
+                                rows(mask), rows(bias), rows(head_mask), rows(keep), scale=scale,
+                                dropout_rate=dropout_rate, return_probs=return_probs)
+        outs.append(out)
+        probs.append(p)
+    if len(blocks) == 1:
+        return outs[0], probs[0]
+    return jnp.concatenate(outs, 2), (jnp.concatenate(probs, 2) if return_probs else None)
+
+
+def _xla_attention(q, k, v, mask, bias, head_mask, keep, *, scale, dropout_rate, return_probs):
+    """softmax(q k^T * scale + bias, masked) v on ``[B, H, L, D]`` operands; ``keep`` the
+    dropout mask (or None)."""
+    dtype = q.dtype
+    scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2)) * jnp.asarray(scale, dtype)
     # Softmax statistics in at least float32 for half-precision inputs.
     scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
     if bias is not None:
@@ -140,16 +197,12 @@ def dot_product_attention(
     denominator = weights.sum(axis=-1, keepdims=True)  # [B, H, Lq, 1]
     if return_probs:
         weights = weights / denominator
-    if dropout_active:
-        if dropout_rng is None:
-            raise ValueError("attention dropout in training mode needs a dropout_rng")
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    if keep is not None:
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), jnp.zeros_like(weights))
     if head_mask is not None:
         weights = weights * head_mask.astype(weights.dtype)
-    out = jnp.matmul(weights.astype(query.dtype), v)
+    out = jnp.matmul(weights.astype(dtype), v)
     if not return_probs:  # late normalisation: divide [B, H, Lq, D] instead of [B, H, Lq, Lk]
-        out = (out.astype(denominator.dtype) / denominator).astype(query.dtype)
-    out = jnp.swapaxes(out, 1, 2)
-    probs = weights.astype(query.dtype) if return_probs else None
+        out = (out.astype(denominator.dtype) / denominator).astype(dtype)
+    probs = weights.astype(dtype) if return_probs else None
     return out, probs
