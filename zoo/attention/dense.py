@@ -134,14 +134,11 @@ def dot_product_attention(
         if dropout_rng is None:
             raise ValueError("attention dropout in training mode needs a dropout_rng")
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, q.shape[:3] + k.shape[2:3])
-    blocks = query_blocks(q.shape[2])
-    parts = jax.lax.platform_dependent(
-        q, k, v, mask, bias, head_mask, keep,
-        cpu=lambda *a: _xla_attention_blocked(*a, blocks=blocks, scale=scale, dropout_rate=dropout_rate,
-                                              return_probs=return_probs),
-        default=lambda *a: _xla_attention_blocked(*a, blocks=((0, q.shape[2]),), scale=scale,
-                                                  dropout_rate=dropout_rate, return_probs=return_probs))
-    out, probs = parts
+    # CPU only (see QUERY_BLOCK); decided when tracing, as a lax.platform_dependent switch
+    # would stand between the attention and its neighbours' fusions
+    blocks = query_blocks(q.shape[2]) if jax.default_backend() == "cpu" else ((0, q.shape[2]),)
+    out, probs = _xla_attention_blocked(q, k, v, mask, bias, head_mask, keep, blocks=blocks, scale=scale,
+                                        dropout_rate=dropout_rate, return_probs=return_probs)
     return jnp.swapaxes(out, 1, 2), probs
 
 
