@@ -42,7 +42,6 @@ def test_blocked_equals_one_block(monkeypatch, lq, lk, probs, train):
 
     blocked = run()
     assert len(query_blocks(lq)) == (1 if lq <= 256 else -(-lq // 256))
-    monkeypatch.setattr(dense, "QUERY_BLOCK", 10**6)
     monkeypatch.setattr(dense, "query_blocks", lambda length, block=None: ((0, length),))
     whole = run()
     worst = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))

@@ -403,12 +403,11 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    import importlib.util
-
     from zoo import demo
+    from zoo.verify import missing_pytorch
 
     names = demo.families(args.family)  # an unknown family fails before anything runs
-    verify = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
+    verify = not missing_pytorch()
     parser = build_parser()
     with demo.workspace(args.output) as workdir:
         for family in names:

@@ -125,8 +125,6 @@ class ZooConfig:
         if self.problem_type not in (None, "regression", "single_label_classification",
                                      "multi_label_classification"):
             self._unsupported("problem_type", self.problem_type, "unknown problem type")
-        if self.num_labels < 1:
-            self._unsupported("num_labels", self.num_labels, "must be >= 1")
 
     def _check_field(self, name: str, value: Any, hint) -> None:
         if not _conforms(value, hint):
@@ -237,6 +235,9 @@ def _conforms(value: Any, hint) -> bool:
     return isinstance(value, hint)
 
 
+_PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+
+
 def _describe(hint) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -250,9 +251,6 @@ def _describe(hint) -> str:
     if origin is Mapping or hint is Mapping:
         return "an object"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
-
-
-_PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 
 def _kind(value: Any) -> str:

@@ -110,10 +110,6 @@ class BigBirdConfig(ZooConfig):
             self._unsupported("add_cross_attention", True,
                               "HF's BigBird decoder also feeds encoder_hidden_states to its self-attention "
                               "and drops encoder_attention_mask; the zoo does not reproduce that")
-        if self.block_size < 1:
-            self._unsupported("block_size", self.block_size, "must be positive")
-        if self.num_random_blocks < 0:
-            self._unsupported("num_random_blocks", self.num_random_blocks, "must be >= 0")
         if self.pad_token_id is None:
             self._unsupported("pad_token_id", None, "block padding fills with the padding token")
         self._require_padding_index()

@@ -83,8 +83,7 @@ class Data2VecVisionConfig(ZooConfig):
         as_pair(self.image_size, "image_size")
         if not 0.0 <= self.drop_path_rate < 1.0:
             self._unsupported("drop_path_rate", self.drop_path_rate, "must be in [0, 1)")
-        if self.auxiliary_num_convs < 0 or (self.auxiliary_num_convs == 0
-                                            and self.auxiliary_channels != self.hidden_size):
+        if self.auxiliary_num_convs == 0 and self.auxiliary_channels != self.hidden_size:
             self._unsupported("auxiliary_num_convs", self.auxiliary_num_convs,
                               "0 convolutions need auxiliary_channels == hidden_size (the classifier's input)")
 

@@ -161,7 +161,7 @@ class IdeficsConfig(ZooConfig):
         self._require_choice("alpha_type", {"float", "vector"})
         self._require_choice("alpha_initializer", set(ALPHA_INITIALIZERS))
         self._require_heads_divide()
-        if self.cross_layer_interval < 1 or self.num_hidden_layers % self.cross_layer_interval:
+        if self.num_hidden_layers % self.cross_layer_interval:  # >= 1: ZooConfig's field checks
             self._unsupported("cross_layer_interval", self.cross_layer_interval,
                               f"must divide num_hidden_layers={self.num_hidden_layers} (HF builds "
                               f"{self.num_hidden_layers} // interval cross layers and indexes past them)")

@@ -107,8 +107,6 @@ class SEWDConfig(ZooConfig):
         if not set(x.strip() for x in self.norm_rel_ebd.lower().split("|")) <= {"layer_norm", "none"}:
             self._unsupported("norm_rel_ebd", self.norm_rel_ebd, "supported: 'layer_norm' or 'none'")
         self._require_heads_divide()
-        if self.squeeze_factor < 1:
-            self._unsupported("squeeze_factor", self.squeeze_factor, "must be >= 1")
         if self.extra.get("add_adapter"):
             self._unsupported("add_adapter", True, "SEW-D has no adapter")
 
