@@ -303,6 +303,26 @@ def test_layer_decay_of_stacked_layers():
     assert np.allclose(stacked, -0.05 * np.array([d ** 3, d ** 2, d])[:, None, None], rtol=1e-6, atol=0)
 
 
+def test_clip_by_global_norm_is_optax_rule_as_one_factor():
+    """zoo's clip is optax's rule (untouched below max_norm, scaled to max_norm above) with one
+    scalar factor per step: equal to optax's within float32 rounding, same (empty) state."""
+    rng = np.random.default_rng(0)
+    tree = {"a": rng.standard_normal((3, 5)).astype(np.float32), "b": {"c": rng.standard_normal(7).astype(np.float32)}}
+    norm = float(np.sqrt(sum(float(np.sum(x.astype(np.float64) ** 2)) for x in jax.tree.leaves(tree))))
+    for max_norm in (norm * 2, norm / 3, norm / 1000):
+        ours, theirs = train.clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)
+        assert jax.tree.structure(ours.init(tree)) == jax.tree.structure(theirs.init(tree))
+        got, _ = jax.jit(ours.update)(tree, ours.init(tree))
+        want, _ = jax.jit(theirs.update)(tree, theirs.init(tree))
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            if max_norm > norm:
+                assert np.array_equal(np.asarray(g), np.asarray(w))
+            else:  # one rounding of max_norm / norm apart: 2 float32 ulps of each value at most
+                np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2.5e-7, atol=0)
+        got_norm = float(optax.tree.norm(got))
+        assert got_norm == pytest.approx(min(norm, max_norm), rel=1e-6)
+
+
 def test_remat_wraps_the_loss_of_a_model_without_a_per_layer_hook():
     """Traced only (nothing compiled): Data2VecVision has no remat_policy field, so the step
     wraps the whole loss in jax.checkpoint."""

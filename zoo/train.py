@@ -311,11 +311,30 @@ def make_schedule(recipe: Recipe) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm`` (same rule, same empty state) with the clip applied as one
+    scalar factor, ``g * min(1, max_norm / norm)``, as ``torch.nn.utils.clip_grad_norm_`` does.
+
+    optax's ``select(norm < max_norm, g, g / norm * max_norm)`` makes XLA:CPU write every clipped
+    gradient out once and read it again in the Adam moments' fusions; a scalar multiply fuses
+    into them instead. Data2VecText base update: 245 -> 144 ms on 2 cores. The values differ from
+    optax's by float32 rounding of ``max_norm / norm`` only (at most 1 ulp relative).
+    """
+
+    def update(updates, state, params=None):
+        del params
+        norm = optax.tree.norm(updates)
+        factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
 def make_optimizer(recipe: Recipe) -> optax.GradientTransformation:
     """clip (global norm) -> Adam -> decoupled weight decay (:func:`decay_mask`) -> layer-wise
     decay -> learning-rate schedule, for the trainable parameters; frozen ones get nothing.
     Every mask is computed from the parameter paths, so the same optimizer serves any tree."""
-    parts = [optax.clip_by_global_norm(recipe.max_grad_norm)] if recipe.max_grad_norm is not None else []
+    parts = [clip_by_global_norm(recipe.max_grad_norm)] if recipe.max_grad_norm is not None else []
     parts.append(optax.scale_by_adam(recipe.b1, recipe.b2, recipe.eps))
     if recipe.weight_decay:
         parts.append(optax.add_decayed_weights(recipe.weight_decay, mask=decay_mask))
@@ -642,7 +661,7 @@ def split_batch(batch, devices: Sequence[jax.Device] | None = None):
 
 
 __all__ = [
-    "COMPUTE_DTYPES", "REMAT_POLICIES", "RNG_STREAMS", "Recipe", "SCHEDULES", "TrainState", "ctc_loss",
+    "COMPUTE_DTYPES", "REMAT_POLICIES", "RNG_STREAMS", "Recipe", "SCHEDULES", "TrainState", "clip_by_global_norm", "ctc_loss",
     "decay_mask", "freeze", "image_classification_loss", "layer_decay_scales", "layer_ids", "make_optimizer",
     "make_pmap_train_step", "make_schedule", "make_train_step", "model_loss", "replicate",
     "sequence_classification_loss", "split_batch", "state_shardings", "trainable_labels", "unreplicate",

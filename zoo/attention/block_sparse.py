@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.rng import bernoulli
+
 Array = jax.Array
 
 MASK_PENALTY = -10000.0  # HF's attn_mask_penalty
@@ -338,7 +340,7 @@ def block_sparse_attention(
         if dropout_rng is None:
             raise ValueError("attention dropout in training mode needs a dropout_rng")
         k1, k2 = jax.random.split(dropout_rng)
-        drop = lambda key_, w: jnp.where(jax.random.bernoulli(key_, 1.0 - dropout_rate, w.shape),
+        drop = lambda key_, w: jnp.where(bernoulli(key_, 1.0 - dropout_rate, w.shape),
                                          w / (1.0 - dropout_rate), jnp.zeros_like(w))
         w_glob, w_mid = drop(k1, w_glob), drop(k2, w_mid)
     if head_mask is not None:

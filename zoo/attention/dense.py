@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from zoo.rng import bernoulli
+
 Array = jax.Array
 
 
@@ -133,7 +135,7 @@ def dot_product_attention(
     if dropout_active:
         if dropout_rng is None:
             raise ValueError("attention dropout in training mode needs a dropout_rng")
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, q.shape[:3] + k.shape[2:3])
+        keep = bernoulli(dropout_rng, 1.0 - dropout_rate, q.shape[:3] + k.shape[2:3])
     # CPU only (see QUERY_BLOCK); decided when tracing, as a lax.platform_dependent switch
     # would stand between the attention and its neighbours' fusions
     blocks = query_blocks(q.shape[2]) if jax.default_backend() == "cpu" else ((0, q.shape[2]),)

@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.attention.dense import check_qkv
+from zoo.rng import bernoulli
 
 Array = jax.Array
 
@@ -327,7 +328,7 @@ def _tile_scores(t, cfg, q, k_s, v, pk_t, t_p, rel, dist, mask):
 
 
 def _tile_keep(rng, t, rate, shape):
-    return jax.random.bernoulli(jax.random.fold_in(rng, t), 1.0 - rate, shape)
+    return bernoulli(jax.random.fold_in(rng, t), 1.0 - rate, shape)
 
 
 def _blocked_forward(cfg, q, k_s, v, pk_t, t_p, rel, dist, mask, rng):
@@ -829,7 +830,7 @@ def disentangled_attention(
         weights = weights / denominator
 
     if dropout_active:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        keep = bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
         weights = jnp.where(keep, weights / jnp.asarray(1.0 - dropout_rate, acc), jnp.zeros((), acc))
     if head_mask is not None:
         weights = weights * head_mask.astype(acc)

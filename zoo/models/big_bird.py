@@ -49,6 +49,7 @@ from zoo.nn.bert import (
     self_attention_setup,
     text_inputs,
 )
+from zoo.nn.dropout import Dropout
 from zoo.nn.inputs import check_length, check_mask, text_input_name
 from zoo.nn.kv_cache import KVCache
 from zoo.nn.layers import ACT2FN, Dense, LayerNorm
@@ -179,7 +180,7 @@ class BigBirdEmbeddings(nn.Module):
         if cfg.rescale_embeddings:
             x = x * cfg.hidden_size**0.5
         x = x + token_type(token_type_ids) + position(position_ids)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
         return LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="LayerNorm")(x)
 
 
@@ -408,7 +409,7 @@ class BigBirdQuestionAnsweringHead(nn.Module):
     def __call__(self, encoder_output: Array, deterministic: bool = True) -> Array:
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(encoder_output, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout_prob)(encoder_output, deterministic=deterministic)
         x = BertIntermediate(cfg, name="intermediate", **kw)(x)
         x = BertResidualOutput(cfg, in_axis="mlp", name="output", **kw)(x, encoder_output, deterministic)
         return Dense(2, ("embed", "classes"), std=cfg.initializer_range, name="qa_outputs", **kw)(x)

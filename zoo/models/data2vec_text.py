@@ -27,6 +27,7 @@ from zoo.nn.bert import (
     text_inputs,
     vocab_logits,
 )
+from zoo.nn.dropout import Dropout
 from zoo.nn.inputs import check_length, text_input_name
 from zoo.nn.kv_cache import KVCache
 from zoo.nn.layers import ACT2FN, Dense, LayerNorm, activation
@@ -133,7 +134,7 @@ class Data2VecTextEmbeddings(nn.Module):
         if cfg.position_embedding_type == "absolute":
             x = x + pos
         x = LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="LayerNorm")(x)
-        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class Data2VecTextModel(PretrainedModule):

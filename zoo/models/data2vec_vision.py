@@ -22,6 +22,7 @@ from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, as_pair, config_dataclass
 from zoo.nn import losses, scan
 from zoo.nn.attention_projection import QKVProjection
+from zoo.nn.dropout import Dropout
 from zoo.nn.inputs import check_ids, check_images, check_mask
 from zoo.nn.module import PretrainedModule
 from zoo.nn.bert import BertIntermediate
@@ -139,7 +140,7 @@ class Data2VecVisionEmbeddings(nn.Module):
             # HF interpolates whenever the image is not square, even at the trained grid.
             height, width = pixel_values.shape[2:]
             x = x + interpolate_pos_encoding(pos, grid, force=height != width).astype(x.dtype)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
         return x, grid
 
 
@@ -186,7 +187,7 @@ class Data2VecVisionProjection(nn.Module):
         cfg = self.config
         x = Dense(cfg.hidden_size, (self.in_axis, "embed"), std=cfg.initializer_range, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="dense")(x)
-        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class Data2VecVisionAttention(nn.Module):

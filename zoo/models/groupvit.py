@@ -21,6 +21,7 @@ from zoo.attention.dense import dot_product_attention
 from zoo.config import ZooConfig, as_pair, config_dataclass
 from zoo.nn.attention_projection import QKV_PROJ, QKVProjection
 from zoo.nn.clip import CLIPEncoderLayer, CLIPMLP, clip_attention
+from zoo.nn.dropout import Dropout
 from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm
 from zoo.nn.losses import cross_entropy
 from zoo.nn.inputs import check_ids, check_images, check_length, check_mask
@@ -276,7 +277,7 @@ class GroupViTVisionEmbeddings(nn.Module):
             pos = resample_positions(pos, grid, force=pixel_values.shape[2] != pixel_values.shape[3],
                                               class_token=False)
         x = x + pos.astype(x.dtype)
-        return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        return Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 
 

@@ -34,6 +34,7 @@ from zoo.config import ZooConfig, as_pair, config_dataclass
 from zoo.nn import kv_cache, masks
 from zoo.nn.attention_projection import QKV_PROJ, QKVProjection
 from zoo.nn.clip import CLIPEncoderLayer
+from zoo.nn.dropout import Dropout
 from zoo.nn.layers import ACT2FN, Dense, LayerNorm, normal_init, ones_init, zeros_init
 from zoo.nn.module import PretrainedModule
 from zoo.nn.llama import GatedMLP, RMSNorm, apply_rotary, rotary_cos_sin
@@ -426,7 +427,7 @@ class IdeficsDecoderLayer(nn.Module):
                  output_attentions=False):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        drop = nn.Dropout(cfg.dropout)
+        drop = Dropout(cfg.dropout)
         h, probs, new_cache = IdeficsAttention(cfg, attention_fn=self.attention_fn, name="self_attn", **kw)(
             RMSNorm(cfg.rms_norm_eps, name="input_layernorm", **kw)(x), mask, cos_sin=cos_sin, cache=cache,
             cache_index=cache_index, deterministic=deterministic, output_attentions=output_attentions)
@@ -462,7 +463,7 @@ class IdeficsGatedCrossAttentionLayer(nn.Module):
         shape = (1,) if cfg.alpha_type == "float" else (1, 1, cfg.hidden_size)
         alpha_attn = self.param("alpha_cross_attn", _alpha_init(cfg), shape, self.param_dtype)
         alpha_dense = self.param("alpha_dense", _alpha_init(cfg), shape, self.param_dtype)
-        drop = nn.Dropout(cfg.dropout)
+        drop = Dropout(cfg.dropout)
         h, _, kv = IdeficsAttention(cfg, True, cfg.qk_layer_norms, self.attention_fn, name="cross_attn", **kw)(
             RMSNorm(cfg.rms_norm_eps, name="input_layernorm", **kw)(x), image_mask, key_value_states=images,
             cross_kv=cross_kv, deterministic=deterministic)

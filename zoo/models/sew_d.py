@@ -30,6 +30,7 @@ from zoo.nn import audio, scan
 from zoo.nn.attention_projection import QKVProjection
 from zoo.nn.bert import BertIntermediate, BertResidualOutput
 from zoo.nn.audio_heads import AudioHead, CTCHead, SequenceClassificationHead
+from zoo.nn.dropout import Dropout
 from zoo.nn.layers import ACT2FN, Dense, Embed, LayerNorm, activation, zeros_init
 from zoo.nn.inputs import check_audio, check_mask
 from zoo.nn.module import PretrainedModule
@@ -152,7 +153,7 @@ class DisentangledSelfAttention(nn.Module):
         types = tuple(cfg.pos_att_type or ()) if cfg.relative_attention else ()
         pos_key = pos_query = None
         if cfg.relative_attention:
-            rel = nn.Dropout(cfg.activation_dropout)(rel_embeddings, deterministic=deterministic)
+            rel = Dropout(cfg.activation_dropout)(rel_embeddings, deterministic=deterministic)
             rel = rel[: 2 * cfg.att_span]
             if cfg.share_att_key:
                 pos_key = split(key_proj(rel)) if "c2p" in types else None
@@ -220,7 +221,7 @@ class ConvLayer(nn.Module):
                     bias_init=zeros_init(("embed",)), dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(hidden)
         keep = input_mask[..., None].astype(bool)
         y = jnp.where(keep, y, 0.0)
-        y = activation(cfg.conv_act)(nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic))
+        y = activation(cfg.conv_act)(Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic))
         y = LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="LayerNorm")(residual + y)
         return y * keep.astype(y.dtype)
 
@@ -371,7 +372,7 @@ class SEWDModel(PretrainedModule):
         if cfg.conv_dim[-1] != cfg.hidden_size:
             x = Dense(cfg.hidden_size, ("conv_out", "embed"), std=cfg.initializer_range,
                       name="feature_projection", **kw)(x)
-        x = nn.Dropout(cfg.feat_proj_dropout)(x, deterministic=deterministic)
+        x = Dropout(cfg.feat_proj_dropout)(x, deterministic=deterministic)
         frames = None
         if attention_mask is not None:
             frames = audio.frame_mask(cfg, attention_mask, x.shape[1], add_adapter=False)

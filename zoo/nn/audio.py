@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from zoo.attention.dense import dot_product_attention
 from zoo.nn import masks, scan
 from zoo.nn.ctc import ctc_loss
+from zoo.nn.dropout import Dropout
 from zoo.nn.layers import Dense, LayerNorm, activation, ones_init, zeros_init
 from zoo.nn.mha import MultiHeadAttention
 
@@ -119,7 +120,7 @@ class FeatureProjection(nn.Module):
                            param_dtype=self.param_dtype, name="layer_norm")(features)
         x = Dense(cfg.hidden_size, ("conv_out", "embed"), std=cfg.initializer_range, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="projection")(normed)
-        return nn.Dropout(cfg.feat_proj_dropout)(x, deterministic=deterministic), normed
+        return Dropout(cfg.feat_proj_dropout)(x, deterministic=deterministic), normed
 
 
 # ------------------------------------------------------------- positional conv embeddings
@@ -222,9 +223,9 @@ class FeedForward(nn.Module):
         kw = dict(std=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
         x = Dense(cfg.intermediate_size, ("embed", "mlp"), name="intermediate_dense", **kw)(x)
         x = activation(cfg.hidden_act)(x)
-        x = nn.Dropout(cfg.activation_dropout)(x, deterministic=deterministic)
+        x = Dropout(cfg.activation_dropout)(x, deterministic=deterministic)
         x = Dense(cfg.hidden_size, ("mlp", "embed"), name="output_dense", **kw)(x)
-        return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+        return Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
 
 
 class EncoderLayer(nn.Module):
@@ -243,7 +244,7 @@ class EncoderLayer(nn.Module):
                                          std=cfg.initializer_range, attention_fn=self.attention_fn,
                                          name="attention", **kw)(
             x, mask, deterministic=deterministic, output_attentions=output_attentions)
-        x = x + nn.Dropout(cfg.hidden_dropout)(attn, deterministic=deterministic)
+        x = x + Dropout(cfg.hidden_dropout)(attn, deterministic=deterministic)
         x = LayerNorm(cfg.layer_norm_eps, name="layer_norm", **kw)(x)
         x = x + FeedForward(cfg, name="feed_forward", **kw)(x, deterministic)
         return LayerNorm(cfg.layer_norm_eps, name="final_layer_norm", **kw)(x), probs
@@ -276,7 +277,7 @@ class Encoder(nn.Module):
             x = jnp.where(frame_mask[..., None], x, 0.0)
         x = x + PositionalConvStack(cfg, name="pos_conv_embed", **kw)(x)
         x = LayerNorm(cfg.layer_norm_eps, name="layer_norm", **kw)(x)
-        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
         mask = masks.padding_mask(frame_mask, x.shape[1])
 
         def step(layer, x, skip, mask):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from zoo import outputs as out
 from zoo.nn import audio, losses
+from zoo.nn.dropout import Dropout
 from zoo.nn.inputs import check_ids
 from zoo.nn.layers import Dense
 from zoo.nn.module import PretrainedModule
@@ -58,7 +59,7 @@ class CTCHead(AudioHead):
         o = self.body(input_values=input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices,
                       output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                       deterministic=deterministic)
-        x = nn.Dropout(cfg.final_dropout)(o.last_hidden_state, deterministic=deterministic)
+        x = Dropout(cfg.final_dropout)(o.last_hidden_state, deterministic=deterministic)
         logits = self.dense(cfg.vocab_size, ("embed", "vocab"), "lm_head")(x)
         loss = None
         if labels is not None:

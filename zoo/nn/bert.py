@@ -28,6 +28,7 @@ from zoo.attention.block_sparse import layer_index
 from zoo.attention.dense import dot_product_attention
 from zoo.nn import kv_cache, masks, scan
 from zoo.nn.attention_projection import QKVProjection
+from zoo.nn.dropout import Dropout
 from zoo.nn.inputs import check_mask, check_text
 from zoo.nn.layers import Dense, Embed, LayerNorm, activation
 
@@ -129,7 +130,7 @@ class BertResidualOutput(nn.Module):
         rate = cfg.hidden_dropout_prob if self.dropout is None else self.dropout
         x = Dense(cfg.hidden_size, (self.in_axis, "embed"), std=cfg.initializer_range,
                   dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(hidden_states)
-        x = nn.Dropout(rate)(x, deterministic=deterministic)
+        x = Dropout(rate)(x, deterministic=deterministic)
         return LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                          name="LayerNorm")(x + residual)
 
@@ -474,9 +475,9 @@ class BertClassificationHead(nn.Module):
     def __call__(self, hidden_states: Array, deterministic: bool = True) -> Array:
         cfg = self.config
         kw = dict(std=cfg.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype)
-        x = nn.Dropout(self.dropout)(hidden_states[:, 0], deterministic=deterministic)
+        x = Dropout(self.dropout)(hidden_states[:, 0], deterministic=deterministic)
         x = activation(self.act)(Dense(cfg.hidden_size, ("embed", "embed_out"), name="dense", **kw)(x))
-        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        x = Dropout(self.dropout)(x, deterministic=deterministic)
         return Dense(cfg.num_labels, ("embed_out", "classes"), name="out_proj", **kw)(x)
 
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from zoo import outputs as out
 from zoo.nn import losses
 from zoo.nn.bert import BertClassificationHead, BertHead, flatten_choices, init_cache
+from zoo.nn.dropout import Dropout
 from zoo.nn.inputs import check_ids
 from zoo.nn.kv_cache import KVCache
 from zoo.nn.module import PretrainedModule
@@ -128,7 +129,7 @@ class TokenClassificationHead(TextHead):
     def forward(self, *, labels=None, deterministic=True, **inputs) -> out.TokenClassifierOutput:
         cfg = self.config
         o = self.encode(deterministic=deterministic, **inputs)
-        x = nn.Dropout(self.classifier_dropout)(o.last_hidden_state, deterministic=deterministic)
+        x = Dropout(self.classifier_dropout)(o.last_hidden_state, deterministic=deterministic)
         logits = self.dense(cfg.num_labels, ("embed", "classes"), "classifier")(x)
         loss = None
         if labels is not None:
@@ -152,7 +153,7 @@ class MultipleChoiceHead(TextHead):
         o = self.encode(add_pooling_layer=True, deterministic=deterministic,
                         **dict(zip(("input_ids", "attention_mask", "token_type_ids", "position_ids",
                                     "inputs_embeds"), flat)), **inputs)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(o.pooler_output, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout_prob)(o.pooler_output, deterministic=deterministic)
         logits = self.dense(1, ("embed", "classes"), "classifier")(x).reshape(-1, num_choices)
         labels = check_ids("labels", labels, "[batch]", shape=logits.shape[:1])
         loss = None if labels is None else losses.cross_entropy(logits, labels)

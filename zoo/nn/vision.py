@@ -18,6 +18,7 @@ import numpy as np
 from zoo.nn.inputs import check_images
 from zoo.nn.layers import zeros_init
 from zoo.nn.resize import resize
+from zoo.rng import bernoulli
 
 Array = jax.Array
 
@@ -118,7 +119,7 @@ class DropPath(nn.Module):
             return x
         keep_prob = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        keep = jax.random.bernoulli(self.make_rng("drop_path"), keep_prob, shape)
+        keep = bernoulli(self.make_rng("drop_path"), keep_prob, shape)
         return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
 
 
