@@ -36,7 +36,8 @@ class Dropout(nn.Module):
         keep = 1.0 - self.rate
         if rng is None:
             rng = self.make_rng(self.rng_collection)
-        shape = [1 if d in {a % inputs.ndim for a in self.broadcast_dims} else n for d, n in enumerate(inputs.shape)]
+        shared = {d % inputs.ndim for d in self.broadcast_dims}
+        shape = [1 if d in shared else n for d, n in enumerate(inputs.shape)]
         mask = jnp.broadcast_to(bernoulli(rng, keep, shape), inputs.shape)
         return lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
 
