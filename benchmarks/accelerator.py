@@ -601,7 +601,7 @@ def main(argv=None) -> dict:
     if set(sections) - {"forward", "train", "kernels"}:
         parser.error("--sections: choose from forward, train, kernels")
 
-    threads = harness.setup_threads(args.threads)
+    threads = harness.setup_threads(args.threads, args.keep_freed_memory)
     import jax
     import transformers
 

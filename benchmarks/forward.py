@@ -265,7 +265,7 @@ def main(argv=None) -> dict:
     if bad:
         parser.error(f"--workload {sorted(bad)}: {args.family} has {list(WORKLOADS[args.family])}")
 
-    threads = harness.setup_threads(args.threads)
+    threads = harness.setup_threads(args.threads, args.keep_freed_memory)
     import transformers
 
     transformers.logging.set_verbosity_error()

@@ -234,12 +234,21 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def setup_threads(num_threads: int | None = None) -> dict:
+def setup_threads(num_threads: int | None = None, keep_freed_memory: bool = False) -> dict:
     """torch gets ``num_threads`` (default: the available cores) intra-op threads; XLA keeps its
-    default (one worker per core). Returns what is in effect, with ``XLA_FLAGS``."""
+    default (one worker per core). ``keep_freed_memory``: :func:`zoo.host_memory.keep_freed_memory`
+    first, for both sides of the process (call before anything runs JAX). Returns what is in
+    effect, with ``XLA_FLAGS``."""
+    kept = False
+    if keep_freed_memory:
+        from zoo import host_memory
+
+        kept = host_memory.keep_freed_memory()
+        if not kept:
+            raise SystemExit("--keep-freed-memory: not applied (needs glibc, and JAX not yet started)")
     info: dict[str, Any] = {"available_cores": available_cores(), "os_cpu_count": os.cpu_count(),
                             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "xla_threads": "default (all cores)",
-                            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+                            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "keep_freed_memory": kept}
     import torch
 
     torch.set_num_threads(num_threads or available_cores())
@@ -415,6 +424,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, repeats: int = 10, warmu
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs before timing")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="zoo.host_memory.keep_freed_memory() first: freed memory stays in the process, "
+                             "for the zoo and torch alike (glibc)")
     parser.add_argument("--attempts", type=int, default=attempts,
                         help="time again, up to this many times, while others use more than --max-load")
     parser.add_argument("--max-load", type=float, default=0.05,
@@ -474,7 +486,8 @@ def finish_report(name: str, payload: dict, md: list[str], *, write: bool, threa
                      + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)]
     if threads:
         md.append(f"- threads: torch {threads.get('torch_num_threads')}, XLA {threads['xla_threads']}, "
-                  f"XLA_FLAGS=`{threads['XLA_FLAGS'] or '(unset)'}`")
+                  f"XLA_FLAGS=`{threads['XLA_FLAGS'] or '(unset)'}`; host memory: "
+                  + ("freed memory kept (zoo.host_memory)" if threads.get("keep_freed_memory") else "glibc default"))
     markdown = "\n".join(md).rstrip() + "\n"
     print("\n" + markdown, flush=True)
     payload = _jsonable(payload)

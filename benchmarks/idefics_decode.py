@@ -292,7 +292,7 @@ def main(argv=None) -> dict:
         if getattr(args, k, None) is None:
             setattr(args, k, v)
     args.tolerance = args.tolerance or (1e-3 if args.dtype == "float32" else 0.5)
-    threads = harness.setup_threads(args.threads)
+    threads = harness.setup_threads(args.threads, args.keep_freed_memory)
     import transformers
 
     transformers.logging.set_verbosity_error()

@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     modes = args.modes.split(",")
     if set(modes) - set(MODES):
         parser.error(f"--modes: choose from {MODES}")
-    threads = harness.setup_threads(args.threads)
+    threads = harness.setup_threads(args.threads, args.keep_freed_memory)
     import jax
 
     device = harness.select_device(args.device)

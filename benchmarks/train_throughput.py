@@ -393,7 +393,7 @@ def main(argv=None) -> dict:
     tasks = [t for t in args.tasks.split(",") if t]
     if set(tasks) - set(TASKS) or not tasks:
         parser.error(f"--tasks: choose from {', '.join(TASKS)}")
-    threads = harness.setup_threads(args.threads)
+    threads = harness.setup_threads(args.threads, args.keep_freed_memory)
     import transformers
 
     transformers.logging.set_verbosity_error()
