@@ -22,14 +22,16 @@ RUNS = textwrap.dedent("""
     import jax, jax.numpy as jnp
     x = jax.random.normal(jax.random.PRNGKey(0), (4096, 256))
     f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(axis=0) + jnp.cos(x @ x.T).sum(axis=1))
-    for _ in range(6):  # the kept heap grows to its steady size in the first few runs
-        f(x).block_until_ready()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(4):
         f(x).block_until_ready()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    print(json.dumps({"kept": kept, "faults": after - before, "again": host_memory.keep_freed_memory()
-                      if kept else None}))
+    runs = []
+    for _ in range(9):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        f(x).block_until_ready()
+        runs.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    # the median run: a kept heap still grows now and then (when a result outlives the next run)
+    print(json.dumps({"kept": kept, "faults": sorted(runs)[len(runs) // 2], "runs": runs,
+                      "again": host_memory.keep_freed_memory() if kept else None}))
 """)
 PAGES = 4096 * 4096 * 4 // 4096  # pages of one [4096, 4096] float32 buffer
 
@@ -45,11 +47,11 @@ def _run(mode: str) -> dict:
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
 def test_freed_memory_is_not_faulted_in_again():
     default, kept = _run("default"), _run("keep")
-    if default["faults"] < 2 * PAGES:
-        pytest.skip(f"this allocator keeps freed memory already ({default['faults']} faults in 4 runs)")
+    if default["faults"] < PAGES / 2:
+        pytest.skip(f"this allocator keeps freed memory already ({default['runs']} faults per run)")
     assert kept["kept"] is True and kept["again"] is True
-    # by default each run faults its two 16k-page buffers in again (8 x 16k in 4 runs)
-    assert kept["faults"] < PAGES / 4, (default, kept)
+    # by default each run faults its two 16k-page buffers in again (about 33k faults)
+    assert kept["faults"] < PAGES / 16, (default, kept)
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
@@ -69,11 +71,14 @@ def test_other_c_libraries_are_left_alone(monkeypatch):
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
 def test_zoo_finetune_keeps_freed_memory(tmp_path):
-    """The command sets it before anything runs JAX (a fresh process, as `zoo finetune` is)."""
+    """The command sets it before anything runs JAX (a fresh process, as `zoo finetune` is);
+    a caller's ``cli.main([...])`` in its own process is left alone."""
     code = textwrap.dedent(f"""
+        import sys
+        sys.argv = ["zoo", "finetune", "--recipe", "{tmp_path}/missing.json", "--checkpoint", "x", "--data", "y",
+                    "--output", "{tmp_path}/run"]
         from zoo import cli, host_memory
-        rc = cli.main(["finetune", "--recipe", "{tmp_path}/missing.json", "--checkpoint", "x", "--data", "y",
-                       "--output", "{tmp_path}/run"])
+        rc = cli.main()  # as the console script calls it
         print(rc, host_memory._applied)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -423,10 +423,10 @@ COMMANDS = {"convert": cmd_convert, "export": cmd_export, "list": cmd_list, "inf
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.command == "finetune":  # before anything runs JAX; see zoo.host_memory
-        from zoo import host_memory
+    if args.command == "finetune" and argv is None:  # the `zoo` command itself, a fresh process (not
+        from zoo import host_memory                    # a caller's main([...])): before anything runs JAX
 
-        host_memory.keep_freed_memory(warn_if_late=False)  # quiet if a caller in this process ran JAX
+        host_memory.keep_freed_memory(warn_if_late=False)
     try:
         COMMANDS[args.command](args)
     except KeyboardInterrupt:
