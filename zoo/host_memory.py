@@ -16,8 +16,8 @@ The process then keeps its peak heap for its lifetime (a training process does r
 state), and all threads share one arena lock (XLA allocates per program run, not per element, so
 this costs nothing measurable on the zoo's steps). Results are unchanged: only where the bytes live.
 
-Measured (benchmarks/README.md, "Host memory"): the Data2VecText base step 2.78 -> 2.45 s alone;
-torch gains too when it runs in the same process. ``zoo finetune`` calls it; library users call
+Measured (benchmarks/README.md, "Host memory"): the Data2VecText base step 2.7-2.8 -> 2.3-2.5 s alone;
+torch's own step gains as much (2.5-2.7 -> 2.3-2.4 s). ``zoo finetune`` calls it; library users call
 it first thing, before any JAX computation (later, XLA's threads already have their own arenas).
 """
 
